@@ -1,0 +1,321 @@
+"""The one shared training loop: devices, bf16 AMP, channels_last, gradient accumulation, poly LR,
+atomic checkpoints with exact resume, JSON-lines log, progress bar, NaN guard and DDP under torchrun.
+
+A method supplies only what its paper defines: the model, a ``step`` function returning its losses
+for one batch, and optionally an ``evaluate`` function returning validation metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from tissueseg.engine import distributed as dist_utils
+
+StepFn = Callable[[nn.Module, dict[str, Any]], Mapping[str, torch.Tensor]]
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every method (method-specific weights live in the method)."""
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    optimizer: str = "sgd"  # sgd | adamw
+    poly_power: float = 0.9
+    grad_accum: int = 1
+    amp: bool = True  # bf16 autocast, used on CUDA only
+    channels_last: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    max_steps_per_epoch: int | None = None
+    log_every: int = 10
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so CPU runs are reproducible."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' → this rank's CUDA device when available, else CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; a no-op context elsewhere (bf16 on CPU is slower, not faster)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
+    """Move a (nested) batch to ``device``; 4-D float tensors go channels_last when asked."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.ndim == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float) -> float:
+    """Poly schedule lr = base·(1 − it/max)^power (DeepLab, used by MLPS and UniSemAlign)."""
+    return base_lr * (1 - min(iteration, max_iterations) / max(max_iterations, 1)) ** power
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class JsonLog:
+    """Append-only JSON-lines log (rank 0 only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, event: str, **fields: Any) -> None:
+        if not dist_utils.is_main_process():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
+
+
+class Trainer:
+    """Train ``model`` with a method's ``step`` function; see the module docstring.
+
+    Parameters
+    ----------
+    model : the network (unwrapped); moved to the device here.
+    config : shared optimisation settings.
+    out_dir : run folder; checkpoints in ``out_dir/checkpoints``, log in ``out_dir/log.jsonl``.
+    param_groups : optional ``[{"params": [...], "lr_mult": 10.0}, ...]`` (e.g. decoder head ×10).
+    name : stage name used in log lines and checkpoint file names.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, out_dir: str | os.PathLike,
+                 param_groups: list[dict] | None = None, name: str = "train", console: Console | None = None):
+        dist_utils.init_distributed()
+        self.config = config
+        self.name = name
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.log = JsonLog(self.out_dir / "log.jsonl")
+        self.console = console or Console()
+        self.device = resolve_device(config.device)
+        seed_everything(config.seed)
+        model = model.to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        for g in groups:
+            g.setdefault("lr_mult", 1.0)
+            g["lr"] = config.lr * g["lr_mult"]
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                                             weight_decay=config.weight_decay)
+        elif config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {config.optimizer!r} (fix: use 'sgd' or 'adamw')")
+        self.wrapped = (DistributedDataParallel(model, find_unused_parameters=True)
+                        if dist_utils.is_distributed() else model)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.ckpt_dir / f"{self.name}_last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.ckpt_dir / f"{self.name}_best.pt"
+
+    def _save(self, epoch: int, step_in_epoch: int, global_step: int, best: float | None,
+              best_metrics: Mapping[str, float] | None) -> None:
+        if not dist_utils.is_main_process():
+            return
+        save_atomic({"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+                     "best": best, "best_metrics": dict(best_metrics or {}), "config": asdict(self.config),
+                     "torch_rng": torch.get_rng_state()}, self.last_path)
+
+    def _resume(self) -> tuple[int, int, int, float | None, dict]:
+        if not self.last_path.exists():
+            return 0, 0, 0, None, {}
+        state = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.log.write("resume", stage=self.name, epoch=state["epoch"], step_in_epoch=state["step_in_epoch"])
+        if dist_utils.is_main_process():
+            self.console.print(f"[{self.name}] resuming from {self.last_path} "
+                               f"(epoch {state['epoch'] + 1}, step {state['step_in_epoch']})")
+        return state["epoch"], state["step_in_epoch"], state["global_step"], state["best"], state["best_metrics"]
+
+    # -- loop --------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, epoch: int, skip_batches: int, collate_fn) -> DataLoader:
+        """This rank's batches for ``epoch`` in a seeded order, minus those already trained on."""
+        sampler = DistributedSampler(dataset, num_replicas=dist_utils.world_size(), rank=dist_utils.rank(),
+                                     shuffle=True, seed=self.config.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        indices = list(sampler)[skip_batches * self.config.batch_size:]
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=indices, drop_last=True,
+                          num_workers=self.config.num_workers, collate_fn=collate_fn,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def steps_per_epoch(self, dataset: Dataset) -> int:
+        per_rank = math.ceil(len(dataset) / dist_utils.world_size()) if dist_utils.world_size() > 1 else len(dataset)
+        steps = per_rank // self.config.batch_size
+        if self.config.max_steps_per_epoch:
+            steps = min(steps, self.config.max_steps_per_epoch)
+        if steps == 0:
+            raise ValueError(f"[{self.name}] {len(dataset)} training samples are fewer than one batch of "
+                             f"{self.config.batch_size} (fix: lower batch_size or add data)")
+        return steps
+
+    def fit(self, train_set: Dataset, step: StepFn, evaluate: EvalFn | None = None, select: str = "miou",
+            collate_fn: Callable | None = None,
+            on_epoch_start: Callable[[nn.Module, int], None] | None = None) -> dict[str, Any]:
+        """Train for ``config.epochs``; returns the best validation metrics (or the last losses).
+
+        The best model by ``select`` (higher is better) is kept in ``<name>_best.pt``; without
+        ``evaluate`` the final model is the best one. Rerunning resumes where it stopped.
+        """
+        cfg = self.config
+        self._step_fn = step
+        steps = self.steps_per_epoch(train_set)
+        max_iterations = steps * cfg.epochs
+        epoch, skip, global_step, best, best_metrics = self._resume()
+        if epoch >= cfg.epochs:
+            return best_metrics
+        main = dist_utils.is_main_process()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
+                      disable=not main) as bar:
+            task = bar.add_task(f"[{self.name}]", total=max_iterations, completed=global_step, info="")
+            while epoch < cfg.epochs:
+                if on_epoch_start is not None:
+                    on_epoch_start(unwrap(self.model), epoch)
+                self.model.train()
+                running: dict[str, float] = {}
+                done = skip
+                try:
+                    for batch in self._loader(train_set, epoch, skip, collate_fn):
+                        if done >= steps:
+                            break
+                        losses = self._train_step(batch, global_step, max_iterations, epoch, done)
+                        global_step += 1
+                        done += 1
+                        for k, v in losses.items():
+                            running[k] = running.get(k, 0.0) + v
+                        bar.update(task, completed=global_step,
+                                   info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses['loss']:.4f}")
+                        if global_step % cfg.log_every == 0:
+                            self.log.write("step", stage=self.name, epoch=epoch, step=global_step,
+                                           lr=self.optimizer.param_groups[0]["lr"], **losses)
+                        if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and done < steps:
+                            self._save(epoch, done, global_step, best, best_metrics)
+                except KeyboardInterrupt:
+                    self._save(epoch, done, global_step, best, best_metrics)
+                    self.log.write("interrupted", stage=self.name, epoch=epoch, step_in_epoch=done)
+                    raise
+                n_steps = done - skip
+                skip = 0
+                epoch_losses = {k: v / max(n_steps, 1) for k, v in running.items()}
+                metrics = dict(evaluate(unwrap(self.model))) if evaluate is not None else {}
+                improved = evaluate is None or best is None or metrics.get(select, -math.inf) > best
+                if improved:
+                    best = metrics.get(select) if evaluate is not None else None
+                    best_metrics = {"epoch": epoch + 1, **metrics,
+                                    **{f"train_{k}": v for k, v in epoch_losses.items()}}
+                    if main:
+                        save_atomic({"model": unwrap(self.model).state_dict(), "metrics": best_metrics,
+                                     "config": asdict(cfg)}, self.best_path)
+                self.log.write("epoch", stage=self.name, epoch=epoch + 1, improved=improved,
+                               **{f"train_{k}": v for k, v in epoch_losses.items()}, **metrics)
+                if main and metrics:
+                    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                    bar.console.print(f"[{self.name}] epoch {epoch + 1}: {shown}")
+                epoch += 1
+                self._save(epoch, 0, global_step, best, best_metrics)
+        return best_metrics
+
+    def _train_step(self, batch: Any, global_step: int, max_iterations: int, epoch: int,
+                    step_in_epoch: int) -> dict[str, float]:
+        cfg = self.config
+        for g in self.optimizer.param_groups:
+            g["lr"] = poly_lr(cfg.lr * g["lr_mult"], global_step, max_iterations, cfg.poly_power)
+        batch = to_device(batch, self.device, cfg.channels_last)
+        chunks = _split_batch(batch, cfg.grad_accum)
+        totals: dict[str, float] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        for chunk in chunks:
+            with autocast(self.device, cfg.amp):
+                losses = self._step_fn(self.wrapped, chunk)
+            loss = losses["loss"]
+            if not torch.isfinite(loss.detach()).item():
+                self.log.write("nonfinite_loss", stage=self.name, epoch=epoch, step=step_in_epoch,
+                               **{k: float(v.detach()) for k, v in losses.items()})
+                raise NonFiniteLossError(
+                    f"[{self.name}] loss became {float(loss.detach())} at epoch {epoch + 1}, step {step_in_epoch}; "
+                    f"the last good checkpoint is kept at {self.last_path} (fix: lower the learning rate, "
+                    f"check the inputs for NaN/empty masks, or disable AMP)")
+            (loss / len(chunks)).backward()
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) / len(chunks)
+        self.optimizer.step()
+        return totals
+
+
+def _split_batch(batch: Any, parts: int) -> list[Any]:
+    """Split a dict batch into ``parts`` micro-batches along dim 0 for gradient accumulation."""
+    if parts <= 1:
+        return [batch]
+    if isinstance(batch, Mapping):
+        split = {k: (torch.tensor_split(v, parts) if isinstance(v, torch.Tensor) else [v] * parts)
+                 for k, v in batch.items()}
+        return [{k: split[k][i] for k in batch} for i in range(parts)]
+    raise TypeError("gradient accumulation needs dict batches")
