@@ -35,7 +35,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     img = _open(Path(path))
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
 
 
 def read_label_image(path: str | os.PathLike) -> np.ndarray:

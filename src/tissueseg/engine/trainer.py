@@ -191,8 +191,8 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         self.log.write("resume", stage=self.name, epoch=state["epoch"], step_in_epoch=state["step_in_epoch"])
         if dist_utils.is_main_process():
-            self.console.print(f"[{self.name}] resuming from {self.last_path} "
-                               f"(epoch {state['epoch'] + 1}, step {state['step_in_epoch']})")
+            self.console.print(f"{self.name}: resuming from {self.last_path} "
+                               f"(epoch {state['epoch'] + 1}, step {state['step_in_epoch']})", markup=False)
         return state["epoch"], state["step_in_epoch"], state["global_step"], state["best"], state["best_metrics"]
 
     # -- loop --------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ class Trainer:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
                       disable=not main) as bar:
-            task = bar.add_task(f"[{self.name}]", total=max_iterations, completed=global_step, info="")
+            task = bar.add_task(self.name, total=max_iterations, completed=global_step, info="")
             while epoch < cfg.epochs:
                 if on_epoch_start is not None:
                     on_epoch_start(unwrap(self.model), epoch)
@@ -278,7 +278,7 @@ class Trainer:
                                **{f"train_{k}": v for k, v in epoch_losses.items()}, **metrics)
                 if main and metrics:
                     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-                    bar.console.print(f"[{self.name}] epoch {epoch + 1}: {shown}")
+                    bar.console.print(f"{self.name} epoch {epoch + 1}: {shown}", markup=False)
                 epoch += 1
                 self._save(epoch, 0, global_step, best, best_metrics)
         return best_metrics

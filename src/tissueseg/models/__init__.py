@@ -6,6 +6,7 @@ is passed through with ``features_only=True``. Weights come only from local sour
 """
 
 from tissueseg.models import efficientnet_lite, resnet38d  # noqa: F401  (register the backbones)
+from tissueseg.models import vit  # noqa: F401  (register the ViT token-map backbones)
 from tissueseg.models.efficientnet_lite import load_efficientnet_lite0_imagenet
 from tissueseg.models.registry import DEFAULT_BACKBONE, Backbone, create_backbone, list_backbones
 from tissueseg.models.weights import WeightsNotFoundError, resolve_local_weights

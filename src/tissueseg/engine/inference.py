@@ -1,0 +1,56 @@
+"""Dense prediction shared by every method: softmax scores, flip test-time augmentation and sliding
+windows with averaged overlaps for images larger than the training crop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering ``length``; the last window is flush with the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+@torch.no_grad()
+def predict_probabilities(logits_fn: Logits, images: torch.Tensor, window: int | None = None,
+                          stride: int | None = None, flip: bool = False) -> torch.Tensor:
+    """Softmax class scores (N, K, H, W) for float images (N, 3, H, W).
+
+    ``flip`` averages the horizontally flipped prediction (MLPS/UniSemAlign optional TTA). When the
+    image is larger than ``window``, windows of that size with ``stride`` (default ``window·2/3``)
+    are predicted and their softmax scores averaged where they overlap.
+    """
+    def scores(x: torch.Tensor) -> torch.Tensor:
+        p = logits_fn(x).float().softmax(1)
+        if flip:
+            p = (p + logits_fn(x.flip(-1)).float().softmax(1).flip(-1)) / 2
+        return p
+
+    h, w = images.shape[-2:]
+    if window is None or (h <= window and w <= window):
+        return scores(images)
+    stride = stride or max(1, window * 2 // 3)
+    total = None
+    count = torch.zeros(1, 1, h, w, device=images.device)
+    for top in window_starts(h, window, stride):
+        for left in window_starts(w, window, stride):
+            tile = images[..., top:top + window, left:left + window]
+            p = scores(tile)
+            if total is None:
+                total = torch.zeros(images.shape[0], p.shape[1], h, w, device=images.device)
+            total[..., top:top + tile.shape[-2], left:left + tile.shape[-1]] += p
+            count[..., top:top + tile.shape[-2], left:left + tile.shape[-1]] += 1
+    return total / count
+
+
+def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (N, K, h, w) scores to ``size``."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
