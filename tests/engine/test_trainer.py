@@ -116,3 +116,11 @@ def test_too_few_samples_for_a_batch_is_a_clear_error(tmp_path):
     trainer = make_trainer(tmp_path, epochs=1)
     with pytest.raises(ValueError, match="fewer than one batch"):
         trainer.fit(make_data(4), regression_step, collate_fn=collate)
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    clipped = make_trainer(tmp_path / "c", epochs=1, grad_clip_norm=1e-3, max_steps_per_epoch=1)
+    start = weights(clipped).clone()
+    clipped.fit(make_data(), regression_step, collate_fn=collate)
+    # one SGD step (momentum buffer starts at the gradient) moves the weights by at most lr * clip
+    assert (weights(clipped) - start).norm().item() <= 0.05 * 1e-3 + 1e-7

@@ -19,10 +19,12 @@ PredictFn = Callable[[torch.Tensor], torch.Tensor]  # float images (N,3,H,W) →
 
 
 def meter_for(info: DatasetInfo) -> ConfusionMeter:
-    """The dataset's scoring convention: MLPS (background excluded) when it has an ignored background."""
-    if info.ignore_index is not None:
-        return ConfusionMeter(len(info.classes), convention="mlps", background_index=info.ignore_index)
-    return ConfusionMeter(len(info.classes), convention="plain", ignore_index=None)
+    """The dataset's scoring convention: MLPS when a class index is excluded from scoring (LUAD-HistoSeg's
+    white background), else plain over all classes; an ignore value outside the classes (255) is skipped."""
+    k = len(info.classes)
+    if info.ignore_index is not None and 0 <= info.ignore_index < k:
+        return ConfusionMeter(k, convention="mlps", background_index=info.ignore_index)
+    return ConfusionMeter(k, convention="plain", ignore_index=info.ignore_index)
 
 
 def summarize_scores(scores: dict, info: DatasetInfo) -> dict:

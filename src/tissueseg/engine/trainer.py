@@ -51,6 +51,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     log_every: int = 10
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    grad_clip_norm: float | None = None  # clip the global gradient norm before each optimiser step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -306,7 +307,14 @@ class Trainer:
             (loss / len(chunks)).backward()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / len(chunks)
+        if cfg.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
         self.optimizer.step()
+        if dist_utils.is_distributed():  # synced metrics: log the mean over ranks, not rank 0's share
+            keys = sorted(totals)
+            synced = dist_utils.all_reduce_sum(torch.tensor([totals[k] for k in keys], dtype=torch.float64,
+                                                            device=self.device)) / dist_utils.world_size()
+            totals = dict(zip(keys, synced.tolist()))
         return totals
 
 

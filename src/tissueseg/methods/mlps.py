@@ -225,7 +225,8 @@ def build_segmenter(cfg: WSSSConfig, num_classes: int) -> DeepLabV3Plus:
 def _train_config(cfg: WSSSConfig, stage: ClassifierConfig | SegmenterConfig) -> TrainConfig:
     return TrainConfig(epochs=stage.epochs, batch_size=stage.batch_size, lr=stage.lr,
                        weight_decay=stage.weight_decay, amp=cfg.amp, channels_last=cfg.channels_last,
-                       num_workers=cfg.data.num_workers, seed=cfg.seed, device=cfg.device)
+                       num_workers=cfg.data.num_workers, seed=cfg.seed, device=cfg.device,
+                       grad_clip_norm=stage.grad_clip_norm)
 
 
 def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier") -> PDAClassifier:
