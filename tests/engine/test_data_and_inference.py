@@ -1,0 +1,54 @@
+import numpy as np
+import torch
+
+from tissueseg.data.sample import DatasetInfo
+from tissueseg.engine.data import IGNORE, LabelSpace
+from tissueseg.engine.evaluate import meter_for
+from tissueseg.engine.inference import predict_probabilities, window_starts
+
+LUAD = DatasetInfo("luad-histoseg", ["te", "nec", "lym", "tas", "background"], ["te", "nec", "lym", "tas"],
+                   [(0, 0, 0)] * 5, ignore_index=4, background_index=4)
+EBHI = DatasetInfo("ebhi-seg", ["background", "a", "b"], ["a", "b"], [(0, 0, 0)] * 3, background_index=0)
+FOLDER = DatasetInfo("folder", ["background", "a"], ["background", "a"], [(0, 0, 0)] * 2, ignore_index=255,
+                     background_index=0)
+
+
+def test_label_space_maps_between_network_classes_and_mask_indices():
+    luad = LabelSpace.from_info(LUAD)
+    assert luad.to_mask.tolist() == [0, 1, 2, 3]
+    assert luad.mask_to_label(np.array([0, 3, 4])).tolist() == [0, 3, IGNORE]
+    ebhi = LabelSpace.from_info(EBHI)
+    assert ebhi.to_mask.tolist() == [1, 2]
+    assert ebhi.mask_to_label(np.array([0, 1, 2])).tolist() == [IGNORE, 0, 1]
+    assert ebhi.label_to_mask(torch.tensor([1, 0])).tolist() == [2, 1]
+    assert ebhi.labels_from_mask(np.array([[0, 2], [2, 0]])).tolist() == [0.0, 1.0]
+
+
+def test_meter_convention_follows_the_dataset():
+    luad = meter_for(LUAD)
+    assert (luad.convention, luad.background_index) == ("mlps", 4)
+    folder = meter_for(FOLDER)
+    assert folder.convention == "plain"
+    folder.update(np.array([[0, 1]]), np.array([[255, 1]]))  # the unannotated pixel is skipped
+    assert folder.matrix.sum() == 1 and folder.compute()["miou"] == 1.0
+    ebhi = meter_for(EBHI)
+    ebhi.update(np.array([[0, 1, 2, 2]]), np.array([[0, 1, 2, 1]]))
+    # IoU: background 1/1, a 1/2, b 1/2 → mean 2/3
+    assert abs(ebhi.compute()["miou"] - 2 / 3) < 1e-9
+
+
+def test_window_starts_cover_and_end_flush():
+    assert window_starts(100, 100, 50) == [0]
+    assert window_starts(250, 100, 70) == [0, 70, 140, 150]
+
+
+def test_sliding_window_equals_full_image_for_a_pointwise_model():
+    torch.manual_seed(0)
+    pointwise = torch.nn.Conv2d(3, 4, 1)
+    images = torch.rand(2, 3, 50, 70)
+    full = predict_probabilities(pointwise, images)
+    tiled = predict_probabilities(pointwise, images, window=32, stride=20)
+    assert torch.allclose(full, tiled, atol=1e-6)
+    flipped = predict_probabilities(pointwise, images, flip=True)
+    assert torch.allclose(full, flipped, atol=1e-6)  # a pointwise model is flip-equivariant
+    assert torch.allclose(full.sum(1), torch.ones(2, 50, 70))
