@@ -9,7 +9,8 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("args", [[], ["data"], ["wsss"], ["demo"], ["data", "check"], ["data", "synth"],
                                   ["wsss", "run"], ["wsss", "train-cls"], ["wsss", "pseudo-masks"],
-                                  ["wsss", "train-seg"], ["wsss", "evaluate"], ["version"]])
+                                  ["wsss", "train-seg"], ["wsss", "evaluate"], ["version"], ["semi"],
+                                  ["semi", "train"], ["semi", "evaluate"], ["predict"]])
 def test_help_on_every_command(args):
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0

@@ -1,4 +1,4 @@
-"""Command line: `tissueseg demo | data check | data synth | version`."""
+"""Command line: `tissueseg demo | data | wsss | semi | predict | version`."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from typing import Annotated
 import typer
 
 import tissueseg
-
 from tissueseg.cli.common import console, user_errors
 from tissueseg.cli.data import data_app, write_synthetic
+from tissueseg.cli.predict import predict
+from tissueseg.cli.semi import semi_app
 from tissueseg.cli.wsss import wsss_app
 
 app = typer.Typer(help="tissueseg: pixel-accurate H&E tissue maps from cheap labels.", no_args_is_help=True,
                   add_completion=False)
 app.add_typer(data_app, name="data")
 app.add_typer(wsss_app, name="wsss")
+app.add_typer(semi_app, name="semi")
+app.command("predict")(predict)
 
 
 @app.command()
@@ -37,11 +40,14 @@ DEMO_CONFIG = {
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("tissueseg-demo"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    semi: Annotated[bool, typer.Option(help="Also run the semi-supervised (UniSemAlign) section.")] = True,
 ) -> None:
     """Run MLPS end to end on built-in synthetic H&E data (CPU, a few minutes) and print the results table.
 
     Trains the CAM baseline, MLPS (stage 1 with PDA, multi-layer pseudo masks, stage 2 gated) and a
-    fully supervised reference; writes overlays, metrics.json and model.pt under OUT. Rerun to resume.
+    fully supervised reference; then the semi-supervised section (10 % of cases pixel-labelled):
+    supervised only, consistency only, UniSemAlign, fully supervised. Writes overlays, metrics.json
+    and model.pt under OUT. Rerun to resume.
     """
     from tissueseg.config import WSSSConfig
     from tissueseg.data import open_dataset
@@ -69,3 +75,8 @@ def demo(
     console.print(results_table(results, run.info.label_classes))
     console.print(f"overlays in {run.out_dir / 'overlays'}, metrics in {run.out_dir / 'metrics.json'}, "
                   f"model in {run.out_dir / 'model.pt'}")
+    if semi:
+        from tissueseg.methods.unisemalign import run_semi_demo
+
+        with user_errors():
+            console.print(run_semi_demo(data_root, out / "semi", console=console, seed=seed))

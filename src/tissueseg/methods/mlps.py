@@ -468,7 +468,7 @@ def export_model(run: RunContext, segmenter: nn.Module, classifier: nn.Module) -
     meta = ModelMeta(method="mlps", classes=list(info.classes), palette=[tuple(c) for c in info.palette],
                      label_to_mask=[int(i) for i in run.space.to_mask], background_index=info.background_index,
                      white_background={"threshold": d.white_threshold, "min_size": d.min_background_size}
-                     if run.background_detection else None, tile_size=d.crop_size)
+                     if run.background_detection else None, tile_size=d.crop_size, mpp=d.mpp)
     return save_bundle(run.out_dir / "model.pt", segmenter, segmenter_spec(run.config, run.space.num_classes), meta,
                        classifier, classifier_spec(run.config, run.space.num_classes))
 

@@ -102,9 +102,10 @@ def encode_sentences(prompts: Sequence[str], model_dir: str | os.PathLike | None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    model = SentenceTransformer(str(folder), device="cpu")  # a local folder: nothing is fetched
     with torch.no_grad():
-        embeddings = model.encode(list(prompts), convert_to_tensor=True, show_progress_bar=False).float().cpu()
+        encoded = model.encode(list(prompts), convert_to_tensor=True, show_progress_bar=False)
+    embeddings = encoded.float().cpu().clone()  # a normal tensor (encode runs in inference mode)
     if cache_file is not None:
         from tissueseg.engine.trainer import save_atomic
 
@@ -246,7 +247,8 @@ def build_text_encoder(class_names: Sequence[str], kind: str = "auto", embed_dim
         if not clip_weights:
             raise ValueError("text encoder 'clip' needs clip_weights: a local open_clip/CONCH checkpoint")
         return load_clip_text_encoder(clip_model, clip_weights, class_names, n_ctx, template, learnable_context)
-    if kind == "minilm" or (kind == "auto" and (minilm_dir or minilm_model_dir()) and sentence_transformers_available()):
+    minilm_installed = bool(minilm_dir or minilm_model_dir()) and sentence_transformers_available()
+    if kind == "minilm" or (kind == "auto" and minilm_installed):
         return SentenceTextEncoder(class_names, minilm_dir, template, cache_file)
     return LearnableTextEmbeddings(len(class_names), embed_dim)
 

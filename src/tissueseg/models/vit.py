@@ -68,21 +68,35 @@ def _weights_file(arch: str, pretrained: Pretrained, hub_id: str | None) -> Path
 
 
 def load_vit_weights(model: nn.Module, file) -> None:
-    """Load a ViT checkpoint (timm key names) into ``model``; the classifier head may be absent or ignored."""
+    """Load a ViT checkpoint (timm key names) into a (possibly pruned) timm ViT.
+
+    Keys of parts the model does not have (the classifier head, the final norm, blocks pruned away)
+    are ignored; anything else that does not fit is an error naming the file.
+    """
     state = _strip_prefixes(load_state_dict_file(file))
     own = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith("head.") or k in own}
+    n_blocks = len(model.blocks)
+
+    def dropped(key: str) -> bool:
+        parts = key.split(".")
+        pruned_block = parts[0] == "blocks" and len(parts) > 1 and parts[1].isdigit() and int(parts[1]) >= n_blocks
+        return key not in own and (pruned_block or parts[0] in ("head", "head_drop", "norm", "fc_norm"))
+
+    state = {k: v for k, v in state.items() if not dropped(k)}
     if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
         from timm.layers import resample_abs_pos_embed
 
         prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], model.patch_embed.grid_size,
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], list(model.patch_embed.grid_size),
                                                     num_prefix_tokens=prefix)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("head.")]
-    if missing or unexpected:
-        raise ValueError(f"{file}: not a checkpoint of this ViT architecture (missing keys {missing[:5]}, "
-                         f"unexpected keys {unexpected[:5]}; fix: pick the backbone that matches the weights)")
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(f"{file}: not a checkpoint of this ViT architecture (missing keys {missing[:4]}, "
+                         f"unexpected keys {unexpected[:4]}, wrong shapes {wrong[:4]}; fix: pick the backbone "
+                         f"that matches the weights)")
+    model.load_state_dict(state)
 
 
 class ViTTokenBackbone(Backbone):
@@ -113,10 +127,10 @@ class ViTTokenBackbone(Backbone):
         if blocks[-1] >= len(vit.blocks):
             raise ValueError(f"ViT '{arch}' has {len(vit.blocks)} blocks; block {blocks[-1]} does not exist "
                              f"(fix: use blocks between 0 and {len(vit.blocks) - 1})")
+        vit.prune_intermediate_layers(blocks, prune_norm=True, prune_head=True)
         file = _weights_file(arch, pretrained, hub_id)
         if file is not None:
             load_vit_weights(vit, file)
-        vit.prune_intermediate_layers(blocks, prune_norm=True, prune_head=True)
         self.vit = vit
         self.blocks = blocks
         width = vit.embed_dim

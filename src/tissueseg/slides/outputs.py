@@ -1,0 +1,436 @@
+"""What a slide prediction leaves behind: pyramidal class-map TIFF, GeoJSON, area tables, overlay, HTML report.
+
+Everything is written atomically (temporary file, then rename) and built tile by tile or from a
+bounded, downsampled class map, so no output needs the full-resolution map in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tissueseg.data.io import atomic_path
+
+RGB = tuple[int, int, int]
+NO_TISSUE = 255  # class-map value of pixels that were not analysed (glass, outside the image)
+NO_TISSUE_COLOUR: RGB = (255, 255, 255)
+
+TileFn = Callable[[int, int, int, int, int], np.ndarray]  # (level, y, x, h, w) → (h, w[, 3]) array
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+@contextmanager
+def _atomic(path: str | os.PathLike) -> Iterator[Path]:
+    """:func:`tissueseg.data.io.atomic_path` with the usual file permissions (not mkstemp's 0600)."""
+    with atomic_path(path) as tmp:
+        yield tmp
+        os.chmod(tmp, _FILE_MODE)
+
+
+# --- pyramidal TIFF ---------------------------------------------------------------------------------
+
+def pyramid_levels(width: int, height: int, tile: int = 256) -> list[tuple[int, int]]:
+    """(width, height) of each level, halving until the image fits one tile."""
+    levels = [(width, height)]
+    while max(levels[-1]) > tile:
+        w, h = levels[-1]
+        levels.append((math.ceil(w / 2), math.ceil(h / 2)))
+    return levels
+
+
+def palette_colormap(palette: Sequence[RGB], no_tissue: RGB = NO_TISSUE_COLOUR) -> np.ndarray:
+    """A TIFF colour map (3, 256) uint16 for class indices, ``NO_TISSUE`` in ``no_tissue``."""
+    cmap = np.zeros((3, 256), dtype=np.uint16)
+    for i, colour in enumerate(palette[:255]):
+        cmap[:, i] = np.asarray(colour, dtype=np.uint16) * 257
+    cmap[:, NO_TISSUE] = np.asarray(no_tissue, dtype=np.uint16) * 257
+    return cmap
+
+
+def write_pyramidal_tiff(path: str | os.PathLike, tile_fn: TileFn, width: int, height: int, *,
+                         samples: int = 1, mpp: float | None = None, tile: int = 256,
+                         colormap: np.ndarray | None = None, compression: str = "zlib", level: int = 6,
+                         fill: int = 0) -> Path:
+    """Write a tiled pyramidal TIFF that OpenSlide (generic-tiff), QuPath and tifffile open.
+
+    Levels are separate main IFDs (level 0 first, then reduced-resolution IFDs, halving each
+    time), tiled ``tile`` × ``tile``, with X/YResolution in pixels per centimetre from ``mpp``
+    (OpenSlide reports it as ``openslide.mpp-x``). ``tile_fn(level, y, x, h, w)`` returns the pixels
+    of a level's window (``samples`` = 1: 2-D; 3: RGB); it is called once per tile, so the image
+    never has to be in memory. ``colormap`` (3, 256) makes a palette image (class maps). Atomic.
+    """
+    import tifffile
+
+    levels = pyramid_levels(width, height, tile)
+    shape_extra = () if samples == 1 else (samples,)
+    bigtiff = width * height * samples > 2**31
+
+    def tiles(level: int, lw: int, lh: int) -> Iterator[np.ndarray]:
+        for y in range(0, lh, tile):
+            for x in range(0, lw, tile):
+                h, w = min(tile, lh - y), min(tile, lw - x)
+                data = np.asarray(tile_fn(level, y, x, h, w), dtype=np.uint8)
+                if (h, w) != (tile, tile):
+                    full = np.full((tile, tile, *shape_extra), fill, dtype=np.uint8)
+                    full[:h, :w] = data
+                    data = full
+                yield data
+
+    photometric = "palette" if colormap is not None else ("rgb" if samples == 3 else "minisblack")
+    with _atomic(path) as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
+            for level, (lw, lh) in enumerate(levels):
+                kwargs = {}
+                if mpp:  # pixels per centimetre of this level
+                    kwargs.update(resolution=(1e4 / (mpp * width / lw), 1e4 / (mpp * height / lh)),
+                                  resolutionunit="CENTIMETER")
+                tw.write(tiles(level, lw, lh), shape=(lh, lw, *shape_extra), dtype=np.uint8, tile=(tile, tile),
+                         photometric=photometric, colormap=colormap, compression=compression,
+                         compressionargs={"level": level_arg(compression, level)}, subfiletype=1 if level else 0,
+                         metadata=None, software="tissueseg", **kwargs)
+    return Path(path)
+
+
+def level_arg(compression: str, level: int) -> int | None:
+    return level if compression in ("zlib", "deflate", "adobe_deflate") else None
+
+
+# --- chunk store: the level-0 class map on disk ------------------------------------------------------
+
+class ChunkStore:
+    """The working-resolution class map as one ``.npy`` file per chunk, read back window by window.
+
+    Windows are read through short-lived memory maps, so reading never keeps more than a window
+    resident.
+    """
+
+    def __init__(self, folder: str | os.PathLike, width: int, height: int, chunk: int):
+        self.folder = Path(folder)
+        self.width, self.height, self.chunk = width, height, chunk
+
+    def path(self, i: int, j: int) -> Path:
+        return self.folder / f"chunk_{i}_{j}.npy"
+
+    def read(self, y: int, x: int, h: int, w: int, step: int = 1) -> np.ndarray:
+        """Samples (y + r·step, x + c·step) for r < h, c < w; ``NO_TISSUE`` outside the image."""
+        out = np.full((h, w), NO_TISSUE, dtype=np.uint8)
+        c = self.chunk
+        y_end = min(y + (h - 1) * step + 1, self.height)
+        x_end = min(x + (w - 1) * step + 1, self.width)
+        if y_end <= y or x_end <= x:
+            return out
+        for i in range(y // c, (y_end - 1) // c + 1):
+            cy0, cy1 = i * c, min((i + 1) * c, self.height)
+            # first sample row inside this chunk row
+            r0 = max(0, math.ceil((cy0 - y) / step))
+            r1 = min(h, math.ceil((cy1 - y) / step))
+            if r1 <= r0:
+                continue
+            for j in range(x // c, (x_end - 1) // c + 1):
+                cx0, cx1 = j * c, min((j + 1) * c, self.width)
+                q0 = max(0, math.ceil((cx0 - x) / step))
+                q1 = min(w, math.ceil((cx1 - x) / step))
+                if q1 <= q0:
+                    continue
+                arr = np.load(self.path(i, j), mmap_mode="r")
+                ys = y + r0 * step - cy0
+                xs = x + q0 * step - cx0
+                out[r0:r1, q0:q1] = arr[ys:ys + (r1 - r0 - 1) * step + 1:step, xs:xs + (q1 - q0 - 1) * step + 1:step]
+                del arr
+        return out
+
+    def blocks(self, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(y, x, window) over the whole map in ``size`` × ``size`` windows, raster order."""
+        for y in range(0, self.height, size):
+            for x in range(0, self.width, size):
+                yield y, x, self.read(y, x, min(size, self.height - y), min(size, self.width - x))
+
+
+def mode_pool(window: np.ndarray, factor: int) -> np.ndarray:
+    """Most frequent value in each ``factor`` × ``factor`` block; blocks cut by the window edge count only
+    their pixels inside. Ties go to the smaller value (classes before ``NO_TISSUE``)."""
+    window = np.asarray(window, dtype=np.uint8)
+    if factor == 1:
+        return window.copy()
+    h, w = window.shape
+    ph, pw = math.ceil(h / factor), math.ceil(w / factor)
+    values = np.flatnonzero(np.bincount(window.ravel(), minlength=256))
+    if len(values) == 1:
+        return np.full((ph, pw), values[0], dtype=np.uint8)
+    padded = np.full((ph * factor, pw * factor), 0, dtype=np.uint8)
+    padded[:h, :w] = window
+    inside = np.zeros((ph * factor, pw * factor), dtype=bool)
+    inside[:h, :w] = True
+    blocks = padded.reshape(ph, factor, pw, factor).transpose(0, 2, 1, 3).reshape(ph * pw, factor * factor)
+    inside = inside.reshape(ph, factor, pw, factor).transpose(0, 2, 1, 3).reshape(ph * pw, factor * factor)
+    counts = np.stack([((blocks == v) & inside).sum(axis=1, dtype=np.int32) for v in values], axis=1)
+    return values[counts.argmax(axis=1)].astype(np.uint8).reshape(ph, pw)
+
+
+def downsampled_map(store: ChunkStore, factor: int) -> np.ndarray:
+    """The class map mode-pooled by ``factor`` (a power of two), built from aligned windows."""
+    out = np.full((math.ceil(store.height / factor), math.ceil(store.width / factor)), NO_TISSUE, dtype=np.uint8)
+    size = factor * max(1, 2048 // factor)
+    for y, x, window in store.blocks(size):
+        pooled = mode_pool(window, factor)
+        out[y // factor:y // factor + pooled.shape[0], x // factor:x // factor + pooled.shape[1]] = pooled
+    return out
+
+
+# --- polygons and GeoJSON ----------------------------------------------------------------------------
+
+def _ring_area(ring: np.ndarray) -> float:
+    """Signed shoelace area of an (N, 2) ring (x, y), closed or not."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(x[:-1] @ y[1:] - x[1:] @ y[:-1] + x[-1] * y[0] - x[0] * y[-1])
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """Remove vertices on straight runs of a closed ring (marching squares emits one per half pixel)."""
+    pts = ring[:-1] if len(ring) > 1 and (ring[0] == ring[-1]).all() else ring
+    if len(pts) < 4:
+        return ring
+    ext = np.concatenate([pts[-1:], pts, pts[:1]])
+    d_in, d_out = ext[1:-1] - ext[:-2], ext[2:] - ext[1:-1]
+    kept = pts[np.abs(d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]) > 1e-9]
+    if len(kept) < 3:
+        return ring
+    return np.concatenate([kept, kept[:1]])
+
+
+def iter_class_polygons(class_map: np.ndarray, classes: Sequence[int], scale: float = 1.0,
+                        min_pixels: int = 0) -> Iterator[tuple[int, list[list[np.ndarray]]]]:
+    """Polygons (with holes) of each class region, one class at a time: ``(class, [[outer, hole, …], …])``.
+
+    Rings are closed (N, 2) float arrays of (x, y) in units of ``scale`` px per map pixel, with
+    pixel (i, j) covering [j, j+1) × [i, i+1). Regions are 4-connected; boundaries follow pixel
+    edges (marching squares at 0.5 on the padded binary mask, corners cut diagonally), so a
+    polygon's area is its pixel count up to ⅛ px per corner. With ``min_pixels`` > 1, regions and
+    holes smaller than that are dropped/filled first (speckle would otherwise make millions of
+    polygons).
+    """
+    from scipy import ndimage
+    from skimage.measure import find_contours
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    class_map = np.asarray(class_map)
+    for k in classes:
+        mask = class_map == k
+        if not mask.any():
+            continue
+        if min_pixels > 1:
+            mask = remove_small_objects(mask, max_size=min_pixels - 1, connectivity=1)
+            mask = remove_small_holes(mask, max_size=min_pixels - 1, connectivity=1)
+            if not mask.any():
+                continue
+        mask = np.pad(mask, 1)
+        labels, _ = ndimage.label(mask)  # 4-connected, like find_contours' default for the high side
+        outer: dict[int, np.ndarray] = {}
+        holes: list[tuple[int, np.ndarray]] = []
+        for contour in find_contours(mask.astype(np.float32), 0.5, positive_orientation="high"):
+            if len(contour) < 4:
+                continue
+            # every vertex sits between a region pixel and a background pixel: find the region's label
+            r, c = contour[0]
+            if r == int(r):
+                a, b = (int(r), int(np.floor(c))), (int(r), int(np.ceil(c)))
+            else:
+                a, b = (int(np.floor(r)), int(c)), (int(np.ceil(r)), int(c))
+            label = labels[a] or labels[b]
+            if not label:
+                continue
+            # padded-map (row, col) of pixel centres → (x, y) with pixel edges at integers
+            ring = _drop_collinear(contour[:, ::-1] - 0.5)
+            area = _ring_area(ring)
+            # (row, col) → (x, y) flips orientation: outer rings have negative area in (x, y)
+            if area < 0:
+                outer[label] = ring * scale
+            elif area > 0:
+                holes.append((label, ring * scale))
+        polys = {label: [ring] for label, ring in outer.items()}
+        for label, hole in holes:
+            if label in polys:
+                polys[label].append(hole)
+        if polys:
+            yield k, list(polys.values())
+
+
+def class_polygons(class_map: np.ndarray, classes: Sequence[int], scale: float = 1.0,
+                   min_pixels: int = 0) -> dict[int, list[list[np.ndarray]]]:
+    """:func:`iter_class_polygons` as a dict ``{class: [[outer ring, hole, …], …]}``."""
+    return dict(iter_class_polygons(class_map, classes, scale, min_pixels))
+
+
+def polygon_area(poly: list[np.ndarray]) -> float:
+    """Area of an outer ring minus its holes."""
+    return abs(_ring_area(poly[0])) - sum(abs(_ring_area(h)) for h in poly[1:])
+
+
+def _geojson_rings(poly: list[np.ndarray]) -> list:
+    rings = []
+    for i, ring in enumerate(poly):
+        # GeoJSON orientation (y up): exterior counter-clockwise, holes clockwise
+        if (_ring_area(ring) > 0) != (i == 0):
+            ring = ring[::-1]
+        pts = np.round(ring, 2).tolist()
+        if pts[0] != pts[-1]:
+            pts.append(pts[0])
+        rings.append(pts)
+    return rings
+
+
+def geojson_feature(k: int, polys: list[list[np.ndarray]], class_names: Sequence[str],
+                    palette: Sequence[RGB]) -> dict:
+    """One QuPath annotation: a MultiPolygon with the classification name and colour."""
+    colour = [int(c) for c in palette[k]] if k < len(palette) else [0, 0, 0]
+    return {"type": "Feature",
+            "geometry": {"type": "MultiPolygon", "coordinates": [_geojson_rings(p) for p in polys]},
+            "properties": {"objectType": "annotation", "name": class_names[k],
+                           "classification": {"name": class_names[k], "color": colour},
+                           "isLocked": False, "classIndex": int(k)}}
+
+
+def geojson_features(polygons: dict[int, list[list[np.ndarray]]], class_names: Sequence[str],
+                     palette: Sequence[RGB]) -> dict:
+    """A GeoJSON FeatureCollection QuPath imports: one MultiPolygon annotation per class, with the
+    classification name and colour; coordinates are level-0 pixels (x right, y down)."""
+    return {"type": "FeatureCollection",
+            "features": [geojson_feature(k, polys, class_names, palette) for k, polys in sorted(polygons.items())]}
+
+
+def write_geojson(path: str | os.PathLike, polygons: Iterator[tuple[int, list[list[np.ndarray]]]],
+                  class_names: Sequence[str], palette: Sequence[RGB], max_polygons: int = 5000) -> Path:
+    """Stream a FeatureCollection to ``path`` (atomic): per class, MultiPolygon annotations of at most
+    ``max_polygons`` polygons each, so memory holds one class's outlines at most."""
+    with _atomic(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write('{"type": "FeatureCollection", "features": [\n')
+            first = True
+            for k, polys in polygons:
+                for i in range(0, len(polys), max_polygons):
+                    f.write(("" if first else ",\n")
+                            + json.dumps(geojson_feature(k, polys[i:i + max_polygons], class_names, palette)))
+                    first = False
+            f.write("\n]}\n")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, payload) -> Path:
+    with _atomic(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, default=str))
+    return Path(path)
+
+
+# --- areas -------------------------------------------------------------------------------------------
+
+def area_table(counts: np.ndarray, class_names: Sequence[str], mpp: float | None,
+               background_index: int | None = None, palette: Sequence[RGB] | None = None) -> dict:
+    """Per-class pixel counts → areas in mm² (``mpp`` µm per pixel; ``None`` when unknown).
+
+    ``counts`` has 256 entries (class-map values); ``NO_TISSUE`` pixels are not analysed and excluded.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    analysed = int(counts[:len(class_names)].sum())
+    px_mm2 = (mpp / 1000.0) ** 2 if mpp else None
+    rows = []
+    for k, name in enumerate(class_names):
+        n = int(counts[k])
+        rows.append({"class": name, "index": k, "pixels": n,
+                     "area_mm2": round(n * px_mm2, 6) if px_mm2 else None,
+                     "percent": round(100.0 * n / analysed, 3) if analysed else 0.0,
+                     **({"color": [int(c) for c in palette[k]]} if palette is not None and k < len(palette) else {})})
+    tissue = analysed - (int(counts[background_index]) if background_index is not None
+                         and background_index < len(class_names) else 0)
+    return {"mpp": mpp, "classes": rows, "analysed_pixels": analysed,
+            "analysed_area_mm2": round(analysed * px_mm2, 6) if px_mm2 else None,
+            "tissue_pixels": tissue, "tissue_area_mm2": round(tissue * px_mm2, 6) if px_mm2 else None,
+            "not_analysed_pixels": int(counts[NO_TISSUE])}
+
+
+def write_area_csv(path: str | os.PathLike, table: dict) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["class", "index", "pixels", "area_mm2", "percent"])
+    for row in table["classes"]:
+        writer.writerow([row["class"], row["index"], row["pixels"],
+                         "" if row["area_mm2"] is None else f"{row['area_mm2']:.6f}", f"{row['percent']:.3f}"])
+    with _atomic(path) as tmp:
+        tmp.write_text(buf.getvalue())
+    return Path(path)
+
+
+# --- pictures and report -----------------------------------------------------------------------------
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    with _atomic(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
+    return Path(path)
+
+
+def overlay_image(thumbnail: np.ndarray, class_map: np.ndarray, class_names: Sequence[str],
+                  palette: Sequence[RGB]) -> np.ndarray:
+    """The thumbnail with the class map (resized to it, nearest) blended on; not-analysed pixels untouched."""
+    from tissueseg.viz import add_legend, overlay
+
+    h, w = thumbnail.shape[:2]
+    if class_map.shape != (h, w):
+        class_map = np.asarray(Image.fromarray(class_map).resize((w, h), Image.NEAREST))
+    return add_legend(overlay(thumbnail, class_map, palette, skip_index=NO_TISSUE), class_names, palette)
+
+
+def write_report(path: str | os.PathLike, summary: dict, table: dict, files: dict[str, str]) -> Path:
+    """A self-describing HTML page: slide facts, thumbnail and overlay side by side, the area table."""
+    e = html.escape
+    facts = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in summary.items())
+    def mm2(value: float | None) -> str:
+        return "" if value is None else f"{value:.4f}"
+
+    def row(r: dict) -> str:
+        colour = tuple(r.get("color", (0, 0, 0)))
+        return (f"<tr><td><span class=sw style='background:rgb{colour}'></span>{e(r['class'])}</td>"
+                f"<td>{r['pixels']:,}</td><td>{mm2(r['area_mm2'])}</td><td>{r['percent']:.2f}</td></tr>")
+
+    rows = "".join(row(r) for r in table["classes"])
+    total = mm2(table["analysed_area_mm2"])
+    links = " · ".join(f"<a href='{e(v)}'>{e(k)}</a>" for k, v in files.items())
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>tissueseg: {e(str(summary.get('slide', '')))}</title>
+<style>body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} th{{background:#f4f4f4}}
+.pics{{display:flex;gap:1em;flex-wrap:wrap}} .pics img{{max-width:48vw;border:1px solid #ccc}}
+.sw{{display:inline-block;width:12px;height:12px;margin-right:6px;border:1px solid #333;vertical-align:middle}}</style>
+</head><body>
+<h1>{e(str(summary.get('slide', '')))}</h1>
+<div class="pics"><figure><img src="{e(files.get('thumbnail', 'thumbnail.png'))}" alt="thumbnail">
+<figcaption>slide</figcaption></figure>
+<figure><img src="{e(files.get('overlay', 'overlay.png'))}" alt="overlay">
+<figcaption>prediction</figcaption></figure></div>
+<h2>Class areas</h2>
+<table><tr><th>class</th><th>pixels</th><th>area (mm²)</th><th>% of analysed</th></tr>{rows}
+<tr><th>analysed</th><th>{table['analysed_pixels']:,}</th><th>{total}</th>
+<th>100</th></tr></table>
+<h2>Slide and run</h2><table>{facts}</table>
+<p>{links}</p>
+</body></html>
+"""
+    with _atomic(path) as tmp:
+        tmp.write_text(page)
+    return Path(path)
