@@ -40,7 +40,8 @@ def resized(array: np.ndarray, scale: float, nearest: bool) -> np.ndarray:
         return array
     h, w = array.shape[:2]
     size = (round(w * scale), round(h * scale))
-    return np.asarray(Image.fromarray(array.astype(np.uint8)).resize(size, Image.NEAREST if nearest else Image.BILINEAR))
+    method = Image.NEAREST if nearest else Image.BILINEAR
+    return np.asarray(Image.fromarray(array.astype(np.uint8)).resize(size, method))
 
 
 def write_weak_dataset(source: Path, out: Path, scale: float, crop: int, min_fraction: float, seed: int,

@@ -69,16 +69,22 @@ class SegmenterConfig(Section):
     flip_tta: bool = False
 
 
-class WSSSConfig(Section):
-    """One weakly supervised run: ``tissueseg wsss run CONFIG.yaml``."""
+class RunSettings(Section):
+    """What every training run has: output folder, seed, device, numeric settings and the data."""
 
-    method: Literal["mlps"] = "mlps"
-    out_dir: Path = Path("runs/mlps")
+    out_dir: Path
     seed: int = 0
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
     data: DataConfig
+
+
+class WSSSConfig(RunSettings):
+    """One weakly supervised run: ``tissueseg wsss run CONFIG.yaml``."""
+
+    method: Literal["mlps"] = "mlps"
+    out_dir: Path = Path("runs/mlps")
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     pseudo_masks: PseudoMaskConfig = Field(default_factory=PseudoMaskConfig)
@@ -181,7 +187,7 @@ class SemiEvalConfig(Section):
     overlays: int = 8
 
 
-class SemiConfig(Section):
+class SemiConfig(RunSettings):
     """One semi-supervised run: ``tissueseg semi train CONFIG.yaml`` then ``tissueseg semi evaluate CONFIG.yaml``.
 
     The labelled images are whole training cases: ``labelled_fraction`` or ``labelled_count`` picked
@@ -190,11 +196,6 @@ class SemiConfig(Section):
 
     method: Literal["unisemalign", "consistency", "supervised", "fully_supervised"] = "unisemalign"
     out_dir: Path = Path("runs/semi")
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    data: DataConfig
     labelled_fraction: float | None = Field(default=None, gt=0, le=1)
     labelled_count: int | None = Field(default=None, gt=0)
     binary: bool = False  # foreground (every mask class but background) vs background

@@ -9,10 +9,6 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import TensorDataset
-
-from tissueseg.engine.trainer import TrainConfig, Trainer
 
 SCRIPT = textwrap.dedent('''
     import json, sys
@@ -59,23 +55,12 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def single_process_reference(out_dir):
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(32, 4, generator=g)
-    data = TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1)
-
-    def collate(items):
-        return {"x": torch.stack([i[0] for i in items]), "y": torch.stack([i[1] for i in items])}
-
-    def step(model, batch):
-        return {"loss": ((model(batch["x"]).squeeze(1) - batch["y"]) ** 2).mean()}
-
-    torch.manual_seed(0)
-    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, optimizer="sgd", weight_decay=0.0, channels_last=False,
-                      seed=0, log_every=1)
-    trainer = Trainer(nn.Linear(4, 1), cfg, out_dir, name="toy")
-    result = trainer.fit(data, step, collate_fn=collate)
-    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()]), result
+def run_toy(script, out, batch_size, env, ranks=None):
+    """Train the toy script: under torchrun with ``ranks`` processes, or as one plain process."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks else []
+    proc = subprocess.run([sys.executable, *launcher, str(script), str(out), str(batch_size)],
+                          env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.timeout(120)
@@ -86,10 +71,7 @@ def test_two_rank_ddp_matches_single_process_with_the_same_global_batch(tmp_path
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                              "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script), str(out), "4"],  # 2 ranks × 4 = global batch 8
-                          env=env, capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_toy(script, out, 4, env, ranks=2)  # 2 ranks × 4 = global batch 8
 
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 and r["ddp"] for r in ranks)
@@ -99,7 +81,10 @@ def test_two_rank_ddp_matches_single_process_with_the_same_global_batch(tmp_path
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "epoch" for e in events) == 3 and sum(e["event"] == "step" for e in events) == 3 * 4
 
-    reference, ref_result = single_process_reference(tmp_path / "single")
+    run_toy(script, tmp_path / "single", 8, env)  # the same script as one process with batch 8
+    single = json.loads((tmp_path / "single" / "rank0.json").read_text())
+    assert not single["ddp"]
+    reference, ref_result = torch.tensor(single["weights"]), single["result"]
     for r in ranks:  # both replicas hold the same model, equal to one process with batch 8
         assert torch.allclose(torch.tensor(r["weights"]), reference, atol=1e-5), (r["weights"], reference)
     # synced metrics: the logged epoch loss is the global mean, as in the single process

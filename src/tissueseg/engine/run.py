@@ -70,7 +70,7 @@ class RunContext:
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
         """A progress bar (rank 0); yields ``advance(n)``."""
-        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=self.console, disable=not dist_utils.is_main_process()) as bar:
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=self.console, disable=not dist_utils.is_main_process()) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,12 +24,15 @@ from tissueseg.data.io import read_label_image, write_png
 from tissueseg.data.transforms import build_train_transforms
 from tissueseg.engine.data import IGNORE, SegmentationSamples, batches_by_size, images_to_tensor
 from tissueseg.engine.evaluate import PredictFn, evaluate_split, meter_for, summarize_scores
+from tissueseg.engine.export import ClassifierSpec, ModelMeta, SegmenterSpec, build_gate_classifier, save_bundle
+from tissueseg.engine.export import build_segmenter as build_segmenter_from_spec
 from tissueseg.engine.inference import predict_probabilities
 from tissueseg.engine.run import RunContext, write_json
 from tissueseg.engine.trainer import TrainConfig, Trainer, autocast
-from tissueseg.engine.export import (ClassifierSpec, ModelMeta, SegmenterSpec, build_gate_classifier, save_bundle)
-from tissueseg.engine.export import build_segmenter as build_segmenter_from_spec
 from tissueseg.models.deeplab import DeepLabV3Plus
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 # --- Stage 1: classification with Progressive Dropout Attention ------------------------------------
@@ -503,7 +507,7 @@ def run_mlps(run: RunContext, references: bool = True) -> dict:
     return results
 
 
-def results_table(results: dict, class_names: Sequence[str]) -> "Table":
+def results_table(results: dict, class_names: Sequence[str]) -> Table:
     """Rows CAM baseline, MLPS pseudo masks per layer, MLPS stage 2, fully supervised: mIoU, FwIoU, per-class IoU."""
     from rich.table import Table
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from tissueseg.metrics.confusion import ConfusionMeter
 from tissueseg.metrics.objects import glas_object_metrics, instances_from_binary
 from tissueseg.models.deeplab import DeepLabV3Plus
 from tissueseg.models.text import TextBranch, build_text_encoder
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 # --- Paper part 1: prototype and text branches, alignment, fused scores ----------------------------
@@ -719,7 +722,7 @@ def run_semi(run: RunContext, rows: Sequence[str] | None = None, evaluate: bool 
 
 
 def results_table(results: dict, title: str = "Semi-supervised segmentation (test split, %)",
-                  labelled: str | None = None) -> "Table":
+                  labelled: str | None = None) -> Table:
     """Rows supervised only → consistency only → UniSemAlign → fully supervised (reference bounds around
     the semi-supervised numbers): mDice / mJaccard (UniSemAlign convention) and foreground-only."""
     from rich.table import Table
@@ -752,7 +755,7 @@ DEMO_CONFIG: dict = {
 }
 
 
-def run_semi_demo(data_root: Path, out_dir: Path, console=None, seed: int = 0, threads: int | None = 1) -> "Table":
+def run_semi_demo(data_root: Path, out_dir: Path, console=None, seed: int = 0, threads: int | None = 1) -> Table:
     """The demo's semi-supervised section on the synthetic set (labelled cases from ``splits/labelled.txt``):
     supervised only, consistency only, UniSemAlign and fully supervised; returns the results table.
 
