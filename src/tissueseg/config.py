@@ -80,15 +80,64 @@ class RunSettings(Section):
     data: DataConfig
 
 
+class PromptConfig(Section):
+    """PLIMSeg prompt bank; unset fields take the dataset's defaults (:mod:`tissueseg.methods.prompts`)."""
+
+    classes: dict[str, list[str]] | None = None  # label class name → descriptions of that tissue
+    templates: list[str] | None = None  # each with one "{}" for a description; embeddings are averaged
+    background: list[str] | None = None  # white background, blank glass, tissue types outside the labels
+
+
+class MatcherConfig(Section):
+    """The frozen language–image matcher of PLIMSeg.
+
+    ``label_trained`` (default, needs no download): a registry backbone + projection trained
+    contrastively on the image-level labels against fixed text embeddings of the class prompts.
+    ``quiltnet`` / ``open_clip`` / ``plip`` / ``conch``: a pathology CLIP from local ``weights``.
+    """
+
+    kind: Literal["label_trained", "quiltnet", "open_clip", "plip", "conch"] = "label_trained"
+    weights: str | None = None  # local file, folder or HF cache of the CLIP weights
+    model_name: str | None = None  # open_clip architecture for a single checkpoint file
+    backbone: str = "efficientnet_lite0"  # label-trained matcher: image encoder (registry name)
+    pretrained: bool | str | None = None  # label-trained matcher: None = as backbone.pretrained
+    text: Literal["auto", "minilm", "learnable"] = "auto"  # label-trained matcher: text embeddings
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    head_lr_mult: float = 10.0  # projection, logit scale/bias and learnable text at ×10
+    grad_clip_norm: float | None = 5.0
+
+
+PLIM_LOSSES = ("otm", "btm", "cbs", "area")
+
+
+class PLIMSegConfig(Section):
+    """PLIMSeg stage 1: the classifier's CAMs constrained by language–image matching (CLIMS losses)."""
+
+    matcher: MatcherConfig = Field(default_factory=MatcherConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    losses: list[Literal["otm", "btm", "cbs", "area"]] = Field(default_factory=lambda: list(PLIM_LOSSES))
+    otm_weight: float = 10.0  # CLIMS defaults (hyper 10, 24, 1, 0.2)
+    btm_weight: float = 24.0
+    cbs_weight: float = 1.0
+    area_weight: float = 0.2
+    classification_weight: float = 1.0  # ours: keeps the classifier (gate, Grad-CAM) trained alongside
+    pda: bool = False  # PDA during PLIMSeg stage 1 (off: the matching losses do the spreading)
+    stage2: Literal["cam", "mlps"] = "cam"  # pseudo masks: stage-1 CAM (one layer) or MLPS multi-layer Grad-CAM
+
+
 class WSSSConfig(RunSettings):
     """One weakly supervised run: ``tissueseg wsss run CONFIG.yaml``."""
 
-    method: Literal["mlps"] = "mlps"
+    method: Literal["mlps", "plimseg"] = "mlps"
     out_dir: Path = Path("runs/mlps")
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     pseudo_masks: PseudoMaskConfig = Field(default_factory=PseudoMaskConfig)
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
+    plimseg: PLIMSegConfig = Field(default_factory=PLIMSegConfig)
 
 
 def load_config(path: str | Path, model: type[BaseModel] = WSSSConfig, overrides: dict | None = None) -> BaseModel:

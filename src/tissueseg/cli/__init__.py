@@ -34,18 +34,21 @@ DEMO_CONFIG = {
     "classifier": {"epochs": 8, "batch_size": 16, "lr": 0.01, "pda_start_epoch": 3},
     "segmenter": {"epochs": 8, "batch_size": 16, "lr": 0.01, "decoder_channels": 64},
 }
+DEMO_PLIMSEG = {"matcher": {"epochs": 6, "batch_size": 16}}
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("tissueseg-demo"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    plimseg: Annotated[bool, typer.Option(help="Also run PLIMSeg (label-trained matcher).")] = True,
     semi: Annotated[bool, typer.Option(help="Also run the semi-supervised (UniSemAlign) section.")] = True,
 ) -> None:
-    """Run MLPS end to end on built-in synthetic H&E data (CPU, a few minutes) and print the results table.
+    """Run the weakly and semi-supervised methods on built-in synthetic H&E data (CPU, minutes); print tables.
 
-    Trains the CAM baseline, MLPS (stage 1 with PDA, multi-layer pseudo masks, stage 2 gated) and a
-    fully supervised reference; then the semi-supervised section (10 % of cases pixel-labelled):
+    Trains the CAM baseline, MLPS (stage 1 with PDA, multi-layer pseudo masks, stage 2 gated),
+    PLIMSeg (label-trained matcher, matching losses on the CAMs, stage 2 gated) and a fully
+    supervised reference; then the semi-supervised section (10 % of cases pixel-labelled):
     supervised only, consistency only, UniSemAlign, fully supervised. Writes overlays, metrics.json
     and model.pt under OUT. Rerun to resume.
     """
@@ -54,6 +57,7 @@ def demo(
     from tissueseg.data.check import render_report, summarize
     from tissueseg.engine.run import RunContext
     from tissueseg.methods.mlps import results_table, run_mlps
+    from tissueseg.methods.plimseg import run_plimseg
     from tissueseg.models.efficientnet_lite import with_packaged_weights_if_installed
 
     data_root = out / "data"
@@ -66,6 +70,9 @@ def demo(
     with user_errors():
         run = RunContext.open(WSSSConfig.model_validate(config), console=console)
         results = run_mlps(run, references=True)
+        if plimseg:
+            plim = {**config, "method": "plimseg", "out_dir": str(out / "plimseg"), "plimseg": DEMO_PLIMSEG}
+            results.update(run_plimseg(RunContext.open(WSSSConfig.model_validate(plim), console=console)))
     console.print(results_table(results, run.info.label_classes))
     console.print(f"overlays in {run.out_dir / 'overlays'}, metrics in {run.out_dir / 'metrics.json'}, "
                   f"model in {run.out_dir / 'model.pt'}")

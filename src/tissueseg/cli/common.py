@@ -32,6 +32,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (DatasetError, ImageReadError, NonFiniteLossError, WeightsNotFoundError, FileNotFoundError, FileExistsError,
+            ImportError,
             ValueError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc

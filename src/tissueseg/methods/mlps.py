@@ -89,8 +89,12 @@ class PDAClassifier(nn.Module):
         pooled = F.adaptive_avg_pool2d(self.dropout(top), 1)
         return self.classifier(pooled).flatten(1), feats
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[0]
+    def forward(self, x: torch.Tensor, with_cams: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits; with ``with_cams`` also the raw CAM head output W·F of the deepest map (N, K, h, w)."""
+        logits, feats = self.forward_features(x)
+        if with_cams:
+            return logits, F.conv2d(feats[-1], self.classifier.weight)
+        return logits
 
     def parameter_groups(self, head_lr_mult: float = 10.0) -> list[dict]:
         """Backbone at the base LR, the from-scratch classifier ×``head_lr_mult`` (official code: ×10)."""
@@ -233,8 +237,16 @@ def _train_config(cfg: WSSSConfig, stage: ClassifierConfig | SegmenterConfig) ->
                        grad_clip_norm=stage.grad_clip_norm)
 
 
-def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier") -> PDAClassifier:
-    """Stage 1: multi-label classification, with PDA from epoch E0 (``pda=False``: plain CAM baseline)."""
+CamLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier",
+                     cam_losses: CamLossFn | None = None, classification_weight: float = 1.0) -> PDAClassifier:
+    """Stage 1: multi-label classification, with PDA from epoch E0 (``pda=False``: plain CAM baseline).
+
+    ``cam_losses(images, cam_logits, labels)`` adds weighted loss terms on the CAM head's output
+    (PLIMSeg's language–image matching); the total is ``classification_weight``·L_cls + Σ terms.
+    """
     cfg = run.config
     c = cfg.classifier
     model = build_classifier(cfg, run.space.num_classes)
@@ -247,7 +259,12 @@ def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier"
         net.gamma = pda_gamma(epoch, c.pda_start_epoch, c.pda_decay, c.pda_floor) if pda else None
 
     def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        return {"loss": classification_loss(net(batch["image"]), batch["labels"])}
+        if cam_losses is None:
+            return {"loss": classification_loss(net(batch["image"]), batch["labels"])}
+        logits, cams = net(batch["image"], with_cams=True)
+        terms = cam_losses(batch["image"], cams, batch["labels"])
+        cls = classification_loss(logits, batch["labels"])
+        return {"loss": classification_weight * cls + sum(terms.values()), "cls": cls, **terms}
 
     def evaluate(net: nn.Module) -> dict[str, float]:
         return {"val_f1": classification_f1(net, run, run.splits["val"])}
@@ -438,6 +455,11 @@ def load_classifier(run: RunContext, name: str = "classifier") -> PDAClassifier:
     return load_stage(run, build_classifier(run.config, run.space.num_classes), name, "train-cls")
 
 
+def train_stage(run: RunContext) -> PDAClassifier:
+    """``wsss train-cls``: stage 1, with PDA unless the config switches it off."""
+    return train_classifier(run, pda=run.config.classifier.pda)
+
+
 def pseudo_masks_stage(run: RunContext) -> dict:
     classifier = load_classifier(run)
     layers = run.config.pseudo_masks.layers
@@ -465,11 +487,11 @@ def evaluate_stage(run: RunContext, n_overlays: int = 8) -> dict:
                           run.device, overlay_dir=run.out_dir / "overlays" / "mlps", n_overlays=n_overlays)
 
 
-def export_model(run: RunContext, segmenter: nn.Module, classifier: nn.Module) -> Path:
+def export_model(run: RunContext, segmenter: nn.Module, classifier: nn.Module, method: str = "mlps") -> Path:
     """Write ``out_dir/model.pt``: segmenter, gate classifier and what outputs need (classes, palette)."""
     d = run.config.data
     info = run.info
-    meta = ModelMeta(method="mlps", classes=list(info.classes), palette=[tuple(c) for c in info.palette],
+    meta = ModelMeta(method=method, classes=list(info.classes), palette=[tuple(c) for c in info.palette],
                      label_to_mask=[int(i) for i in run.space.to_mask], background_index=info.background_index,
                      white_background={"threshold": d.white_threshold, "min_size": d.min_background_size}
                      if run.background_detection else None, tile_size=d.crop_size, mpp=d.mpp)
@@ -488,33 +510,42 @@ def run_mlps(run: RunContext, references: bool = True) -> dict:
     Results go to ``metrics.json``.
     """
     results: dict = {}
-    train_classifier(run, pda=run.config.classifier.pda)
+    train_stage(run)
     results["mlps_pseudo_masks"] = pseudo_masks_stage(run)
     train_segmenter_stage(run)
     results["mlps"] = {"test": evaluate_stage(run)}
     if references:
-        cam_classifier = train_classifier(run, pda=False, name="cam_classifier")
-        results["cam_pseudo_masks"] = make_pseudo_masks(run, plain_cam(cam_classifier), CAM_FOLDER, 1)
-        results["cam"] = {"test": evaluate_split(cam_predictor(run, cam_classifier), run.dataset, run.splits["test"],
-                                                 run.device, overlay_dir=run.out_dir / "overlays" / "cam",
-                                                 n_overlays=8)}
-        if has_training_masks(run):
-            supervised = train_segmenter(run, None, [1.0], "supervised", None)
-            results["supervised"] = {"test": evaluate_split(
-                segmenter_predictor(run, supervised, None), run.dataset, run.splits["test"], run.device,
-                overlay_dir=run.out_dir / "overlays" / "supervised", n_overlays=8)}
+        results.update(reference_results(run))
     write_json(run.out_dir / "metrics.json", results)
     return results
 
 
+def reference_results(run: RunContext) -> dict:
+    """The CAM baseline (plain CAM classifier, its pseudo masks and test scores) and, where every training
+    patch has a mask, the fully supervised stage-2 model."""
+    results: dict = {}
+    cam_classifier = train_classifier(run, pda=False, name="cam_classifier")
+    results["cam_pseudo_masks"] = make_pseudo_masks(run, plain_cam(cam_classifier), CAM_FOLDER, 1)
+    results["cam"] = {"test": evaluate_split(cam_predictor(run, cam_classifier), run.dataset, run.splits["test"],
+                                             run.device, overlay_dir=run.out_dir / "overlays" / "cam", n_overlays=8)}
+    if has_training_masks(run):
+        supervised = train_segmenter(run, None, [1.0], "supervised", None)
+        results["supervised"] = {"test": evaluate_split(
+            segmenter_predictor(run, supervised, None), run.dataset, run.splits["test"], run.device,
+            overlay_dir=run.out_dir / "overlays" / "supervised", n_overlays=8)}
+    return results
+
+
 def results_table(results: dict, class_names: Sequence[str]) -> Table:
-    """Rows CAM baseline, MLPS pseudo masks per layer, MLPS stage 2, fully supervised: mIoU, FwIoU, per-class IoU."""
+    """Rows CAM baseline, MLPS, PLIMSeg (whichever ran): pseudo masks per layer on train, stage 2 on test,
+    and the fully supervised reference; mIoU, FwIoU and per-class IoU."""
     from rich.table import Table
 
     def fmt(v: float | None) -> str:
         return "-" if v is None or v != v else f"{100 * v:.1f}"
 
-    table = Table(title="MLPS on this dataset (IoU %, scored in the dataset's convention)")
+    caption = f"PLIMSeg matcher: {results['matcher']}" if "matcher" in results else None
+    table = Table(title="Weakly supervised segmentation (IoU %, scored in the dataset's convention)", caption=caption)
     for col in ["row", "scored on", "mIoU", "FwIoU", *class_names]:
         table.add_column(col, justify="left" if col in ("row", "scored on") else "right")
 
@@ -522,13 +553,15 @@ def results_table(results: dict, class_names: Sequence[str]) -> Table:
         if s is not None:
             table.add_row(row, split, fmt(s["miou"]), fmt(s["fwiou"]), *[fmt(s["iou"].get(c)) for c in class_names])
 
-    for layer in (results.get("cam_pseudo_masks") or {}).get("layers", []):
-        add("CAM baseline pseudo masks", "train", layer)
-    if "cam" in results:
-        add("CAM baseline", "test", results["cam"]["test"])
-    for l, layer in enumerate((results.get("mlps_pseudo_masks") or {}).get("layers", [])):
-        add(f"MLPS pseudo masks, layer {l + 1}", "train", layer)
-    add("MLPS (stage 2, gated)", "test", results.get("mlps", {}).get("test"))
-    if "supervised" in results:
-        add("fully supervised", "test", results["supervised"]["test"])
+    for key, name, test_row in ROWS:
+        layers = (results.get(f"{key}_pseudo_masks") or {}).get("layers", [])
+        for l, layer in enumerate(layers):
+            add(f"{name} pseudo masks" + (f", layer {l + 1}" if len(layers) > 1 else ""), "train", layer)
+        add(test_row, "test", (results.get(key) or {}).get("test"))
     return table
+
+
+ROWS = (("cam", "CAM baseline", "CAM baseline"), ("mlps", "MLPS", "MLPS (stage 2, gated)"),
+        ("plimseg_cam", "PLIMSeg", "PLIMSeg (stage 2, gated)"),
+        ("plimseg_mlps", "PLIMSeg Grad-CAM", "PLIMSeg + MLPS stage 2 (gated)"),
+        ("supervised", "fully supervised", "fully supervised"))

@@ -1,0 +1,345 @@
+"""PLIMSeg: pathology language–image matching for weakly supervised segmentation (Ding et al., BSPC 2026).
+
+A frozen vision–language matcher (a pathology CLIP — QuiltNet, PLIP, CONCH — or, when none is at
+hand, a matcher trained on the image-level labels) scores masked views of each training patch
+against text prompts, and three matching losses constrain the stage-1 CAMs. No official PLIMSeg
+code is public; the losses follow CLIMS (Xie et al., CVPR 2022, code CVI-SZU/CLIMS), by the same
+group, which the paper builds on. For a positive class k with activation map P_k = σ(CAM_k),
+image I, class text t_k, background prompts b_j and s = cosine similarity of the CLIP embeddings
+(for the label-trained matcher: its matching probability, see :class:`LabelTrainedMatcher`):
+
+- object–text matching        L_OTM = −log s(f(P_k ⊙ I), t_k)
+- background–text matching    L_BTM = −log(1 − s(f((1 − P_k) ⊙ I), t_k))
+- co-occurring background suppression  L_CBS = −Σ_j log(1 − s(f(P_k ⊙ I), b_j))
+- area regulariser            L_area = mean(P_k)
+
+with CLIMS's weights 10, 24, 1 and 0.2 and s clamped to [1e−4, 1 − 1e−4] as in its code. Ours: the
+multi-label classification loss of MLPS stage 1 is kept (weight 1) so the classifier still serves
+as the test-time gate and for Grad-CAM. Pseudo masks and stage 2 are MLPS's own code
+(:mod:`tissueseg.methods.mlps`): one-layer CAM masks (the PLIMSeg row) or multi-layer Grad-CAM of
+the PLIMSeg classifier with multi-layer pseudo-supervision (the PLIMSeg + MLPS stage 2 row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tissueseg.config import MatcherConfig, PLIMSegConfig, WSSSConfig
+from tissueseg.data.prompts import PromptBank, build_prompt_bank
+from tissueseg.data.transforms import build_train_transforms
+from tissueseg.engine.data import SegmentationSamples, batches_by_size, images_to_tensor
+from tissueseg.engine.evaluate import evaluate_split
+from tissueseg.engine.run import RunContext, write_json
+from tissueseg.engine.trainer import TrainConfig, Trainer
+from tissueseg.methods import mlps
+from tissueseg.models.encoder import build_encoder
+from tissueseg.models.matcher import LabelTrainedMatcher
+
+SIMILARITY_CLAMP = 1e-4  # CLIMS clamps cosine similarities to [1e-4, 1 - 1e-4] before the logs
+
+
+class Matcher(Protocol):
+    """What the losses need of a matcher: normalised embeddings of images and prompts, their similarity
+    s ∈ [−1, 1] or (0, 1) (a CLIP's cosine; the label-trained matcher's matching probability), a name."""
+
+    name: str
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor: ...
+
+    def similarity(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor: ...
+
+
+# --- The matching losses (CLIMS Eq. 2–5) -----------------------------------------------------------
+
+def _clamped(similarity: torch.Tensor) -> torch.Tensor:
+    return similarity.float().clamp(SIMILARITY_CLAMP, 1 - SIMILARITY_CLAMP)
+
+
+def object_text_matching_loss(similarity: torch.Tensor) -> torch.Tensor:
+    """L_OTM = −log s(f(P_k ⊙ I), t_k), averaged over (image, positive class) pairs."""
+    return -torch.log(_clamped(similarity)).mean()
+
+
+def background_text_matching_loss(similarity: torch.Tensor) -> torch.Tensor:
+    """L_BTM = −log(1 − s(f((1 − P_k) ⊙ I), t_k)), averaged over pairs."""
+    return -torch.log(1 - _clamped(similarity)).mean()
+
+
+def background_suppression_loss(similarity: torch.Tensor) -> torch.Tensor:
+    """L_CBS = −Σ_j log(1 − s(f(P_k ⊙ I), b_j)); ``similarity`` is (pairs, background prompts)."""
+    return -torch.log(1 - _clamped(similarity)).sum(dim=1).mean()
+
+
+def active_loss_weights(cfg: PLIMSegConfig) -> dict[str, float]:
+    """Weights of the switched-on losses (``plimseg.losses``), e.g. ``{"otm": 10, "btm": 24, ...}``."""
+    weights = {"otm": cfg.otm_weight, "btm": cfg.btm_weight, "cbs": cfg.cbs_weight, "area": cfg.area_weight}
+    return {name: weights[name] for name in cfg.losses if weights[name] > 0}
+
+
+def matching_losses(matcher: Matcher, images: torch.Tensor, cam_logits: torch.Tensor, labels: torch.Tensor,
+                    class_text: torch.Tensor, background_text: torch.Tensor,
+                    weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """The weighted PLIM losses of one batch.
+
+    Parameters
+    ----------
+    matcher : frozen; gradients reach the CAMs through its input, never its weights.
+    images : (N, 3, H, W) RGB in [0, 1].
+    cam_logits : (N, K, h, w) raw CAM head output; P = σ(CAM) upsampled to H × W.
+    labels : (N, K) patch-level labels; every positive (image, class) pair is one term.
+    class_text : (K, D) normalised class embeddings; background_text : (B, D) normalised.
+    weights : the active losses and their weights (:func:`active_loss_weights`).
+    """
+    activation = torch.sigmoid(F.interpolate(cam_logits.float(), size=images.shape[-2:], mode="bilinear",
+                                             align_corners=False))
+    image_idx, class_idx = torch.nonzero(labels > 0, as_tuple=True)
+    if image_idx.numel() == 0:
+        return {name: cam_logits.sum() * 0.0 for name in weights}
+    object_map = activation[image_idx, class_idx].unsqueeze(1)  # (M, 1, H, W)
+    crops = images[image_idx].to(object_map.dtype)
+    views = [object_map * crops] if {"otm", "cbs"} & set(weights) else []
+    if "btm" in weights:
+        views.append((1 - object_map) * crops)
+    embeddings = matcher.encode_image(torch.cat(views)).float() if views else None
+    losses: dict[str, torch.Tensor] = {}
+    pairs = torch.arange(len(class_idx), device=class_idx.device)
+
+    def class_similarity(view: torch.Tensor) -> torch.Tensor:  # s(view_m, t_{k_m}) for each pair m
+        return matcher.similarity(view, class_text)[pairs, class_idx]
+
+    if "otm" in weights:
+        losses["otm"] = weights["otm"] * object_text_matching_loss(class_similarity(embeddings[:len(pairs)]))
+    if "btm" in weights:
+        losses["btm"] = weights["btm"] * background_text_matching_loss(class_similarity(embeddings[-len(pairs):]))
+    if "cbs" in weights:
+        losses["cbs"] = weights["cbs"] * background_suppression_loss(
+            matcher.similarity(embeddings[:len(pairs)], background_text))
+    if "area" in weights:
+        losses["area"] = weights["area"] * object_map.mean()
+    return losses
+
+
+# --- Prompts and text embeddings ---------------------------------------------------------------------
+
+def prompt_bank(run: RunContext) -> PromptBank:
+    p = run.config.plimseg.prompts
+    return build_prompt_bank(run.info.label_classes, p.classes, p.templates, p.background)
+
+
+def all_prompts(bank: PromptBank) -> list[str]:
+    return [q for k in range(len(bank.classes)) for q in bank.class_prompts(k)] + bank.background_prompts()
+
+
+@torch.no_grad()
+def prompt_embeddings(matcher: Matcher, bank: PromptBank) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class embeddings (K, D): each the normalised mean over its templates × descriptions (prompt
+    ensembling, Radford et al. 2021); background embeddings (B, D): one per background description."""
+    def ensemble(prompts: list[str]) -> torch.Tensor:
+        return F.normalize(matcher.encode_text(prompts).float().mean(0), dim=-1)
+
+    classes = torch.stack([ensemble(bank.class_prompts(k)) for k in range(len(bank.classes))])
+    background = torch.stack([ensemble([t.format(b) for t in bank.templates]) for b in bank.background])
+    return classes, background
+
+
+def _trainable_class_embeddings(matcher: LabelTrainedMatcher, bank: PromptBank) -> torch.Tensor:
+    """Like :func:`prompt_embeddings` for the classes, differentiable (learnable text tables train)."""
+    return torch.stack([F.normalize(matcher.encode_text(bank.class_prompts(k)).mean(0), dim=-1)
+                        for k in range(len(bank.classes))])
+
+
+# --- The matcher ---------------------------------------------------------------------------------------
+
+def build_matcher(run: RunContext) -> Matcher:
+    """The frozen matcher of this run: a pathology CLIP from local weights, or the label-trained one."""
+    m = run.config.plimseg.matcher
+    if m.kind == "label_trained":
+        matcher: nn.Module = train_matcher(run)
+    else:
+        from tissueseg.models.vlm import load_vlm
+
+        matcher = load_vlm(m.kind, m.weights, m.model_name)
+    matcher = matcher.to(run.device).eval()
+    for p in matcher.parameters():
+        p.requires_grad_(False)
+    return matcher
+
+
+def _text_embeddings(run: RunContext, m: MatcherConfig, prompts: list[str]) -> tuple[torch.Tensor | None, str]:
+    """Fixed all-MiniLM-L6-v2 embeddings of the prompts (cached in the run folder), or None for learnable."""
+    from tissueseg.models.text import minilm_model_dir, sentence_transformers_available
+
+    if m.text == "learnable" or (m.text == "auto" and not (minilm_model_dir() and sentence_transformers_available())):
+        return None, "learnable text embeddings"
+    from tissueseg.models.text import encode_sentences
+
+    cache = run.out_dir / "checkpoints" / "matcher_text.pt"
+    return encode_sentences(prompts, cache_file=cache), "all-MiniLM-L6-v2 text (frozen)"
+
+
+def matcher_training_batch(images: torch.Tensor, labels: torch.Tensor, n_background: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add a black and a white view to a batch: targets 1 for the background prompts, 0 for every class.
+
+    Ours: masked-out regions of P_k ⊙ I are black, so the matcher must learn that an empty view is
+    background and not any class — what makes its similarities meaningful to L_OTM and L_CBS.
+    """
+    blank = torch.stack([torch.zeros_like(images[0]), torch.ones_like(images[0])])
+    targets = torch.cat([F.pad(labels.float(), (0, n_background)),
+                         F.pad(torch.ones(2, n_background, device=labels.device), (labels.shape[1], 0))])
+    return torch.cat([images, blank]), targets
+
+
+def train_matcher(run: RunContext, name: str = "matcher") -> LabelTrainedMatcher:
+    """Train (or, when its checkpoint is complete, reload) the label-trained matcher.
+
+    Sigmoid-contrastive training: logits exp(t)·cos(f(I), t_k) + b against fixed text embeddings of
+    the class prompts (mean over templates) and of the background prompts, BCE with the image-level
+    labels. Selected by macro F1 on the validation patches.
+    """
+    cfg: WSSSConfig = run.config
+    m = cfg.plimseg.matcher
+    bank = prompt_bank(run)
+    prompts = all_prompts(bank)
+    text, text_name = _text_embeddings(run, m, prompts)
+    pretrained = cfg.backbone.pretrained if m.pretrained is None else m.pretrained
+    matcher = LabelTrainedMatcher(build_encoder(m.backbone, pretrained), prompts, text, text_name, m.backbone)
+    head = [p for n, p in matcher.named_parameters() if not n.startswith("encoder.")]
+    groups = [{"params": list(matcher.encoder.parameters()), "lr_mult": 1.0},
+              {"params": head, "lr_mult": m.head_lr_mult}]
+    train_config = TrainConfig(epochs=m.epochs, batch_size=m.batch_size, lr=m.lr, weight_decay=m.weight_decay,
+                               amp=cfg.amp, channels_last=cfg.channels_last, num_workers=cfg.data.num_workers,
+                               seed=cfg.seed, device=cfg.device, grad_clip_norm=m.grad_clip_norm)
+    trainer = Trainer(matcher, train_config, run.out_dir, param_groups=groups, name=name, console=run.console)
+    train_set = SegmentationSamples(run.dataset, run.splits["train"], build_train_transforms(cfg.data.crop_size),
+                                    run.space)
+
+    def text_table(net: LabelTrainedMatcher) -> torch.Tensor:
+        background = [F.normalize(net.encode_text([t.format(b) for t in bank.templates]).mean(0), dim=-1)
+                      for b in bank.background]
+        return torch.cat([_trainable_class_embeddings(net, bank), torch.stack(background)])
+
+    def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        images, targets = matcher_training_batch(batch["image"], batch["labels"], len(bank.background))
+        logits = net.logits(net.encode_image(images), text_table(net))
+        return {"loss": F.binary_cross_entropy_with_logits(logits.float(), targets)}
+
+    @torch.no_grad()
+    def evaluate(net: nn.Module) -> dict[str, float]:
+        net.eval()
+        table = text_table(net)[:len(bank.classes)]
+        tp = fp = fn = 0.0
+        for _, samples in batches_by_size(run.dataset, run.splits["val"], 16):
+            logits = net.logits(net.encode_image(images_to_tensor(samples, run.device)), table)
+            labels = torch.from_numpy(np.stack([run.space.sample_labels(s) for s in samples])).to(logits.device)
+            pred = (logits > 0).float()
+            tp = tp + (pred * labels).sum(0)
+            fp = fp + (pred * (1 - labels)).sum(0)
+            fn = fn + ((1 - pred) * labels).sum(0)
+        return {"val_f1": float((2 * tp / (2 * tp + fp + fn).clamp_min(1)).mean())}
+
+    trainer.fit(train_set, step, evaluate=evaluate, select="val_f1")
+    return mlps.load_best(matcher, trainer.best_path, trainer.device)
+
+
+# --- Stage 1 with the matching losses ------------------------------------------------------------------
+
+CLASSIFIER = "plim_classifier"
+
+
+def train_plim_classifier(run: RunContext, matcher: Matcher) -> mlps.PDAClassifier:
+    """PLIMSeg stage 1: classification loss + the weighted matching losses on the CAMs.
+
+    The losses run inside the engine's bf16 autocast on GPU, matcher included.
+    """
+    p = run.config.plimseg
+    class_text, background_text = (t.to(run.device) for t in prompt_embeddings(matcher, prompt_bank(run)))
+    weights = active_loss_weights(p)
+
+    def cam_losses(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return matching_losses(matcher, images, cams, labels, class_text, background_text, weights)
+
+    return mlps.train_classifier(run, pda=p.pda, name=CLASSIFIER, cam_losses=cam_losses,
+                                 classification_weight=p.classification_weight)
+
+
+def train_stage(run: RunContext) -> mlps.PDAClassifier:
+    """``wsss train-cls`` for PLIMSeg: the matcher (trained or loaded), then stage 1."""
+    return train_plim_classifier(run, build_matcher(run))
+
+
+def load_plim_classifier(run: RunContext) -> mlps.PDAClassifier:
+    return mlps.load_classifier(run, CLASSIFIER)
+
+
+def pseudo_mask_folder(variant: str) -> str:
+    return f"plimseg_{variant}_masks"
+
+
+def pseudo_masks_stage(run: RunContext, variant: str | None = None) -> dict:
+    """Pseudo masks of the PLIMSeg classifier: one-layer CAM (``cam``) or multi-layer Grad-CAM (``mlps``)."""
+    variant = variant or run.config.plimseg.stage2
+    classifier = load_plim_classifier(run)
+    if variant == "cam":
+        return mlps.make_pseudo_masks(run, mlps.plain_cam(classifier), pseudo_mask_folder(variant), 1)
+    layers = run.config.pseudo_masks.layers
+    return mlps.make_pseudo_masks(run, mlps.grad_cam_layers(classifier, layers), pseudo_mask_folder(variant),
+                                  len(layers))
+
+
+def _stage2_layers(run: RunContext, variant: str) -> list[float]:
+    return [1.0] if variant == "cam" else list(run.config.segmenter.layer_weights)
+
+
+def train_segmenter_stage(run: RunContext, variant: str | None = None) -> nn.Module:
+    """Stage 2 (MLPS's code) on the PLIMSeg pseudo masks, gated by the PLIMSeg classifier."""
+    variant = variant or run.config.plimseg.stage2
+    folder = pseudo_mask_folder(variant)
+    if not (run.out_dir / folder / "report.json").exists():
+        raise FileNotFoundError(f"{run.out_dir / folder}: no PLIMSeg pseudo masks in this run folder "
+                                f"(fix: run `tissueseg wsss pseudo-masks CONFIG.yaml` first)")
+    weights = _stage2_layers(run, variant)
+    return mlps.train_segmenter(run, mlps.pseudo_mask_reader(run, folder, len(weights)), weights,
+                                f"plimseg_{variant}_segmenter", load_plim_classifier(run))
+
+
+def evaluate_stage(run: RunContext, variant: str | None = None, n_overlays: int = 8) -> dict:
+    """Test-split scores of a trained PLIMSeg variant; the configured one is exported as ``model.pt``."""
+    variant = variant or run.config.plimseg.stage2
+    classifier = load_plim_classifier(run)
+    segmenter = mlps.load_stage(run, mlps.build_segmenter(run.config, run.space.num_classes),
+                                f"plimseg_{variant}_segmenter", "train-seg")
+    if variant == run.config.plimseg.stage2:
+        mlps.export_model(run, segmenter, classifier, method="plimseg")
+    return evaluate_split(mlps.segmenter_predictor(run, segmenter, classifier), run.dataset, run.splits["test"],
+                          run.device, overlay_dir=run.out_dir / "overlays" / f"plimseg_{variant}",
+                          n_overlays=n_overlays)
+
+
+def run_plimseg(run: RunContext, references: bool = False) -> dict:
+    """Matcher → stage 1 with the matching losses → pseudo masks → stage 2 → gated test scores.
+
+    ``references`` adds the other pseudo-mask variant (so both the PLIMSeg and the PLIMSeg + MLPS
+    stage 2 rows), the CAM baseline and the fully supervised model. Resumes from the run folder;
+    results (with the matcher's name) go to ``metrics.json``.
+    """
+    matcher = build_matcher(run)
+    results: dict = {"matcher": matcher.name}
+    train_plim_classifier(run, matcher)
+    main = run.config.plimseg.stage2
+    for variant in [main] + ([v for v in ("cam", "mlps") if v != main] if references else []):
+        results[f"plimseg_{variant}_pseudo_masks"] = pseudo_masks_stage(run, variant)
+        train_segmenter_stage(run, variant)
+        results[f"plimseg_{variant}"] = {"test": evaluate_stage(run, variant)}
+    if references:
+        results.update(mlps.reference_results(run))
+    write_json(run.out_dir / "metrics.json", results)
+    return results

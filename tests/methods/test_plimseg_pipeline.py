@@ -1,0 +1,97 @@
+"""PLIMSeg end to end on a tiny synthetic set: matcher, stage 1 with the matching losses, stage 2, export."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from tissueseg.cli import app
+from tissueseg.config import WSSSConfig
+from tissueseg.data.synthetic import write_synthetic_dataset
+from tissueseg.engine.export import load_predictor
+from tissueseg.engine.run import RunContext
+from tissueseg.methods.plimseg import build_matcher, run_plimseg, train_plim_classifier
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plimseg")
+    write_synthetic_dataset(root / "data", n_train=16, n_val=6, n_test=6, size=64, seed=3)
+    config = {
+        "method": "plimseg", "out_dir": str(root / "run"), "seed": 0,
+        "data": {"path": str(root / "data"), "format": "luad-histoseg", "crop_size": 64},
+        "backbone": {"name": "efficientnet_lite0", "pretrained": False, "output_stride": 16},
+        "classifier": {"epochs": 1, "batch_size": 8},
+        "segmenter": {"epochs": 1, "batch_size": 8, "decoder_channels": 16},
+        "plimseg": {"matcher": {"epochs": 1, "batch_size": 8}},
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+def step_events(out_dir):
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] in ("step", "epoch")]
+
+
+def test_run_trains_matcher_stage1_stage2_exports_and_resumes(tiny_config):
+    _, config = tiny_config
+    run = RunContext.open(WSSSConfig.model_validate(config))
+    results = run_plimseg(run)
+    out = run.out_dir
+    assert set(results) == {"matcher", "plimseg_cam_pseudo_masks", "plimseg_cam"}
+    assert results["matcher"].startswith("label-trained matcher (efficientnet_lite0")
+    for name in ("matcher", "plim_classifier", "plimseg_cam_segmenter"):
+        assert (out / "checkpoints" / f"{name}_best.pt").exists()
+    assert len(list((out / "plimseg_cam_masks" / "layer0").glob("*.png"))) == 16
+    assert 0.0 <= results["plimseg_cam"]["test"]["miou"] <= 1.0
+    assert json.loads((out / "metrics.json").read_text())["matcher"] == results["matcher"]
+    assert load_predictor(out / "model.pt").meta.method == "plimseg"
+    stage1 = [e for e in step_events(out) if e.get("stage") == "plim_classifier" and e["event"] == "epoch"]
+    assert stage1 and all(e["train_otm"] > 0 and e["train_btm"] > 0 and e["train_area"] > 0 for e in stage1)
+
+    before = step_events(out)
+    again = run_plimseg(RunContext.open(WSSSConfig.model_validate(config)))
+    assert step_events(out) == before  # nothing retrained
+    assert again["plimseg_cam"]["test"] == results["plimseg_cam"]["test"]
+
+
+def test_matcher_stays_frozen_while_stage1_trains(tiny_config, tmp_path):
+    _, config = tiny_config
+    config = {**config, "out_dir": str(tmp_path / "frozen"),
+              "plimseg": {"matcher": {"epochs": 1, "batch_size": 8, "text": "learnable"}, "losses": ["otm", "btm"]}}
+    run = RunContext.open(WSSSConfig.model_validate(config))
+    matcher = build_matcher(run)
+    assert "learnable text" in matcher.name
+    frozen = {k: v.clone() for k, v in matcher.state_dict().items()}
+    classifier = train_plim_classifier(run, matcher)
+    assert all(torch.equal(frozen[k], v) for k, v in matcher.state_dict().items())
+    assert not any(p.requires_grad for p in matcher.parameters())
+    epochs = [e for e in step_events(run.out_dir) if e.get("stage") == "plim_classifier" and e["event"] == "epoch"]
+    assert set(k for k in epochs[0] if k.startswith("train_")) == {"train_loss", "train_cls", "train_otm",
+                                                                   "train_btm"}
+    assert classifier.classifier.weight.shape[0] == 4
+
+
+def test_cli_runs_plimseg_stages_and_reports_clear_errors(tiny_config, tmp_path):
+    path, config = tiny_config
+    runner = CliRunner()
+    result = runner.invoke(app, ["wsss", "evaluate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "PLIMSeg (stage 2, gated)" in result.output
+
+    fresh = tmp_path / "fresh.yaml"
+    fresh.write_text(yaml.safe_dump(dict(config, out_dir=str(tmp_path / "fresh"))))
+    result = runner.invoke(app, ["wsss", "train-seg", str(fresh)])
+    assert result.exit_code == 1 and "wsss pseudo-masks" in result.output
+
+    clip = tmp_path / "clip.yaml"
+    clip.write_text(yaml.safe_dump(dict(config, out_dir=str(tmp_path / "clip"),
+                                        plimseg={"matcher": {"kind": "quiltnet"}})))
+    result = runner.invoke(app, ["wsss", "train-cls", str(clip)])
+    assert result.exit_code == 1 and "QuiltNet" in result.output
