@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Section(BaseModel):
@@ -166,9 +166,6 @@ def save_config(config: BaseModel, path: Path) -> None:
 
 # --- Semi-supervised segmentation (UniSemAlign) -----------------------------------------------------
 
-from pydantic import model_validator  # noqa: E402  (kept with the section that uses it)
-
-
 class SemiBackboneConfig(BackboneConfig):
     """Encoder of the semi-supervised DeepLabV3+: any registry name (CNNs, ``uni_vit_l16``, ``vit_*_tokens``)."""
 
@@ -255,7 +252,7 @@ class SemiConfig(RunSettings):
     evaluation: SemiEvalConfig = Field(default_factory=SemiEvalConfig)
 
     @model_validator(mode="after")
-    def _one_labelled_rule(self) -> "SemiConfig":
+    def _one_labelled_rule(self) -> SemiConfig:
         if self.labelled_fraction is not None and self.labelled_count is not None:
             raise ValueError("give labelled_fraction or labelled_count, not both")
         return self

@@ -73,7 +73,7 @@ def test_matcher_stays_frozen_while_stage1_trains(tiny_config, tmp_path):
     assert all(torch.equal(frozen[k], v) for k, v in matcher.state_dict().items())
     assert not any(p.requires_grad for p in matcher.parameters())
     epochs = [e for e in step_events(run.out_dir) if e.get("stage") == "plim_classifier" and e["event"] == "epoch"]
-    assert set(k for k in epochs[0] if k.startswith("train_")) == {"train_loss", "train_cls", "train_otm",
+    assert {k for k in epochs[0] if k.startswith("train_")} == {"train_loss", "train_cls", "train_otm",
                                                                    "train_btm"}
     assert classifier.classifier.weight.shape[0] == 4
 

@@ -9,6 +9,7 @@ loop, data plumbing and evaluation are in :mod:`tissueseg.engine`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -542,7 +543,7 @@ def results_table(results: dict, class_names: Sequence[str]) -> Table:
     from rich.table import Table
 
     def fmt(v: float | None) -> str:
-        return "-" if v is None or v != v else f"{100 * v:.1f}"
+        return "-" if v is None or math.isnan(v) else f"{100 * v:.1f}"
 
     caption = f"PLIMSeg matcher: {results['matcher']}" if "matcher" in results else None
     table = Table(title="Weakly supervised segmentation (IoU %, scored in the dataset's convention)", caption=caption)

@@ -324,6 +324,13 @@ def evaluate_stage(run: RunContext, variant: str | None = None, n_overlays: int 
                           n_overlays=n_overlays)
 
 
+def run_variant(run: RunContext, variant: str) -> dict:
+    """Pseudo masks, stage 2 and test scores of one variant (``cam`` or ``mlps``) of the trained classifier."""
+    report = pseudo_masks_stage(run, variant)
+    train_segmenter_stage(run, variant)
+    return {f"plimseg_{variant}_pseudo_masks": report, f"plimseg_{variant}": {"test": evaluate_stage(run, variant)}}
+
+
 def run_plimseg(run: RunContext, references: bool = False) -> dict:
     """Matcher → stage 1 with the matching losses → pseudo masks → stage 2 → gated test scores.
 
@@ -336,9 +343,7 @@ def run_plimseg(run: RunContext, references: bool = False) -> dict:
     train_plim_classifier(run, matcher)
     main = run.config.plimseg.stage2
     for variant in [main] + ([v for v in ("cam", "mlps") if v != main] if references else []):
-        results[f"plimseg_{variant}_pseudo_masks"] = pseudo_masks_stage(run, variant)
-        train_segmenter_stage(run, variant)
-        results[f"plimseg_{variant}"] = {"test": evaluate_stage(run, variant)}
+        results.update(run_variant(run, variant))
     if references:
         results.update(mlps.reference_results(run))
     write_json(run.out_dir / "metrics.json", results)
