@@ -81,9 +81,12 @@ def test_matcher_stays_frozen_while_stage1_trains(tiny_config, tmp_path):
 def test_cli_runs_plimseg_stages_and_reports_clear_errors(tiny_config, tmp_path):
     path, config = tiny_config
     runner = CliRunner()
+    result = runner.invoke(app, ["wsss", "run", str(path)])  # resumes the run of the test above when it ran
+    assert result.exit_code == 0, result.output
+    assert "PLIMSeg matcher: label-trained" in result.output
     result = runner.invoke(app, ["wsss", "evaluate", str(path)])
     assert result.exit_code == 0, result.output
-    assert "PLIMSeg (stage 2, gated)" in result.output
+    assert "PLIMSeg" in result.output and "MLPS" not in result.output
 
     fresh = tmp_path / "fresh.yaml"
     fresh.write_text(yaml.safe_dump(dict(config, out_dir=str(tmp_path / "fresh"))))
