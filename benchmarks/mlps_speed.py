@@ -12,13 +12,12 @@ path differs only by channels_last; CPU numbers are for the demo-size model.
 from __future__ import annotations
 
 import argparse
-import resource
-import time
 
 import torch
+from timing import images_per_second as timed
 
 from tissueseg.engine.trainer import autocast
-from tissueseg.methods.mlps import (PDAClassifier, classification_loss, multi_layer_pseudo_supervision_loss)
+from tissueseg.methods.mlps import PDAClassifier, classification_loss, multi_layer_pseudo_supervision_loss
 from tissueseg.models.deeplab import DeepLabV3Plus
 from tissueseg.models.encoder import build_encoder
 
@@ -42,8 +41,6 @@ def images_per_second(stage: str, args: argparse.Namespace, fast: bool, device: 
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
 
     def step() -> None:
         with autocast(device, enabled=fast):
@@ -54,19 +51,7 @@ def images_per_second(stage: str, args: argparse.Namespace, fast: bool, device: 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return args.batch * args.steps / (time.perf_counter() - start), peak
+    return timed(step, args.batch, args.steps, args.warmup, device)
 
 
 def main() -> None:

@@ -14,12 +14,11 @@ channels_last on CUDA, as the engine trains.
 from __future__ import annotations
 
 import argparse
-import resource
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import images_per_second as timed
 
 from tissueseg.engine.trainer import autocast
 from tissueseg.methods.mlps import PDAClassifier, classification_loss
@@ -74,8 +73,6 @@ def images_per_second(args: argparse.Namespace, device: torch.device, matcher: t
             logits, cams = model(x, with_cams=True)
             terms = matching_losses(matcher, x, cams, labels, class_text, background_text, WEIGHTS)
             return classification_loss(logits, labels) + sum(terms.values())
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
 
     def step() -> None:
         with autocast(device, enabled=fast):
@@ -84,19 +81,7 @@ def images_per_second(args: argparse.Namespace, device: torch.device, matcher: t
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return args.batch * args.steps / (time.perf_counter() - start), peak
+    return timed(step, args.batch, args.steps, args.warmup, device)
 
 
 def main() -> None:
