@@ -16,7 +16,6 @@ import argparse
 import torch
 from timing import images_per_second as timed
 
-from tissueseg.engine.trainer import autocast
 from tissueseg.methods.mlps import PDAClassifier, classification_loss, multi_layer_pseudo_supervision_loss
 from tissueseg.models.deeplab import DeepLabV3Plus
 from tissueseg.models.encoder import build_encoder
@@ -42,16 +41,12 @@ def images_per_second(stage: str, args: argparse.Namespace, fast: bool, device: 
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-    def step() -> None:
-        with autocast(device, enabled=fast):
-            out = model(x)
-            loss = (classification_loss(out, labels) if out.ndim == 2
-                    else multi_layer_pseudo_supervision_loss(out, [masks] * 3))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def loss_fn() -> torch.Tensor:
+        out = model(x)
+        return (classification_loss(out, labels) if out.ndim == 2
+                else multi_layer_pseudo_supervision_loss(out, [masks] * 3))
 
-    return timed(step, args.batch, args.steps, args.warmup, device)
+    return timed(loss_fn, opt, args.batch, args.steps, args.warmup, device, amp=fast)
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from timing import images_per_second as timed
 
-from tissueseg.engine.trainer import autocast
 from tissueseg.methods.mlps import PDAClassifier, classification_loss
 from tissueseg.methods.plimseg import matching_losses
 from tissueseg.models.encoder import build_encoder
@@ -74,14 +73,7 @@ def images_per_second(args: argparse.Namespace, device: torch.device, matcher: t
             terms = matching_losses(matcher, x, cams, labels, class_text, background_text, WEIGHTS)
             return classification_loss(logits, labels) + sum(terms.values())
 
-    def step() -> None:
-        with autocast(device, enabled=fast):
-            loss = loss_fn()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return timed(step, args.batch, args.steps, args.warmup, device)
+    return timed(loss_fn, opt, args.batch, args.steps, args.warmup, device, amp=fast)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Shared by the speed benchmarks: time a training step after warm-up, and read the peak memory."""
+"""Shared by the speed benchmarks: time training steps after warm-up, and read the peak memory."""
 
 from __future__ import annotations
 
@@ -9,12 +9,22 @@ from collections.abc import Callable
 import torch
 
 
-def images_per_second(step: Callable[[], None], batch: int, steps: int, warmup: int,
-                      device: torch.device) -> tuple[float, float]:
-    """Run ``step`` ``warmup`` times, then time ``steps`` runs; returns (images/s, peak GiB).
+def images_per_second(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, batch: int,
+                      steps: int, warmup: int, device: torch.device, amp: bool) -> tuple[float, float]:
+    """Time training steps (``loss_fn`` under bf16 autocast when ``amp``, backward, optimiser step).
 
-    Peak memory is the CUDA allocator's peak since the call on GPU, else the process's peak RSS so far.
+    ``warmup`` untimed steps first; returns (images/s, peak GiB): the CUDA allocator's peak since the
+    call on GPU, else the process's peak RSS so far.
     """
+    from tissueseg.engine.trainer import autocast
+
+    def step() -> None:
+        with autocast(device, enabled=amp):
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
