@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from tissueseg.data import open_dataset, split_by_case
 from tissueseg.data.io import write_png
 from tissueseg.engine.run import RunContext
 from tissueseg.methods.mlps import results_table, run_mlps
-from tissueseg.methods.plimseg import build_matcher, pseudo_masks_stage, run_plimseg, run_variant, train_plim_classifier
+from tissueseg.methods.plimseg import loss_ablations, run_plimseg, run_variant
 from tissueseg.models.vlm import VLM_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,25 +84,15 @@ def write_weak_dataset(source: Path, out: Path, scale: float, crop: int, min_fra
 
 
 def plimseg_rows(config: WSSSConfig, args: argparse.Namespace, console: Console) -> dict:
-    """PLIMSeg (both pseudo-mask variants) in ``<run>/plimseg``; ablations in ``<run>/plimseg_no_<loss>``."""
-    base = Path(config.out_dir)
+    """PLIMSeg (both pseudo-mask variants) in ``<run>/plimseg``; ablations in ``<run>/plimseg/no_<loss>``."""
     matcher = {"kind": args.matcher, "weights": args.matcher_weights} if args.matcher != "label_trained" else {}
-    plim = config.model_copy(update={"method": "plimseg", "out_dir": base / "plimseg",
+    plim = config.model_copy(update={"method": "plimseg", "out_dir": Path(config.out_dir) / "plimseg",
                                      "plimseg": PLIMSegConfig.model_validate({"matcher": matcher})})
     run = RunContext.open(plim, console=console)
     results = run_plimseg(run)
     results.update(run_variant(run, "mlps"))
-    for loss in PLIM_LOSSES if args.ablations else ():
-        out = base / f"plimseg_no_{loss}"
-        for name in ("matcher_best.pt", "matcher_last.pt", "matcher_text.pt"):  # the same matcher: reuse it
-            if (base / "plimseg" / "checkpoints" / name).exists() and not (out / "checkpoints" / name).exists():
-                (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-                shutil.copy(base / "plimseg" / "checkpoints" / name, out / "checkpoints" / name)
-        losses = [x for x in PLIM_LOSSES if x != loss]
-        ablation = plim.model_copy(update={"out_dir": out, "plimseg": plim.plimseg.model_copy(update={"losses": losses})})
-        run = RunContext.open(ablation, console=console)
-        train_plim_classifier(run, build_matcher(run))
-        results[f"ablation_no_{loss}"] = pseudo_masks_stage(run, "cam")
+    if args.ablations:
+        results.update({f"ablation_{k}": v for k, v in loss_ablations(plim, console).items()})
     return results
 
 

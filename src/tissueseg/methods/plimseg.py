@@ -23,6 +23,7 @@ the PLIMSeg classifier with multi-layer pseudo-supervision (the PLIMSeg + MLPS s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -347,4 +348,30 @@ def run_plimseg(run: RunContext, references: bool = False) -> dict:
     if references:
         results.update(mlps.reference_results(run))
     write_json(run.out_dir / "metrics.json", results)
+    return results
+
+
+def loss_ablations(config: WSSSConfig, console=None) -> dict:
+    """Stage 1 and one-layer CAM pseudo masks with each matching loss switched off in turn.
+
+    Each ablation runs in ``<out_dir>/no_<loss>`` and reuses the matcher of the main run in
+    ``out_dir`` (its checkpoints are copied, so it is not retrained); returns the pseudo-mask reports.
+    """
+    import shutil
+
+    base = Path(config.out_dir)
+    results = {}
+    for loss in config.plimseg.losses:
+        out = base / f"no_{loss}"
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for name in ("matcher_best.pt", "matcher_last.pt", "matcher_text.pt"):
+            source = base / "checkpoints" / name
+            if source.exists() and not (out / "checkpoints" / name).exists():
+                shutil.copy(source, out / "checkpoints" / name)
+        kept = [x for x in config.plimseg.losses if x != loss]
+        ablation = config.model_copy(update={"out_dir": out,
+                                             "plimseg": config.plimseg.model_copy(update={"losses": kept})})
+        run = RunContext.open(ablation, console=console)
+        train_plim_classifier(run, build_matcher(run))
+        results[f"no_{loss}"] = pseudo_masks_stage(run, "cam")
     return results
