@@ -12,7 +12,7 @@ from tissueseg.config import WSSSConfig
 from tissueseg.data.synthetic import write_synthetic_dataset
 from tissueseg.engine.export import load_predictor
 from tissueseg.engine.run import RunContext
-from tissueseg.methods.plimseg import build_matcher, run_plimseg, train_plim_classifier
+from tissueseg.methods.plimseg import build_matcher, loss_ablations, run_plimseg, train_plim_classifier
 
 pytestmark = pytest.mark.slow
 
@@ -98,3 +98,17 @@ def test_cli_runs_plimseg_stages_and_reports_clear_errors(tiny_config, tmp_path)
                                         plimseg={"matcher": {"kind": "quiltnet"}})))
     result = runner.invoke(app, ["wsss", "train-cls", str(clip)])
     assert result.exit_code == 1 and "QuiltNet" in result.output
+
+
+def test_loss_ablations_reuse_the_matcher_and_drop_one_loss_each(tiny_config):
+    _, config = tiny_config
+    run_plimseg(RunContext.open(WSSSConfig.model_validate(config)))  # resumes: the matcher exists
+    ablated = WSSSConfig.model_validate({**config, "plimseg": {**config["plimseg"], "losses": ["otm", "area"]}})
+    reports = loss_ablations(ablated)
+    assert set(reports) == {"no_otm", "no_area"}
+    for loss, kept in (("otm", "train_area"), ("area", "train_otm")):
+        events = step_events(ablated.out_dir / f"no_{loss}")
+        assert not [e for e in events if e.get("stage") == "matcher" and e["event"] == "step"]  # not retrained
+        epochs = [e for e in events if e.get("stage") == "plim_classifier" and e["event"] == "epoch"]
+        assert epochs and all(f"train_{loss}" not in e and kept in e for e in epochs)
+        assert 0.0 <= reports[f"no_{loss}"]["layers"][0]["miou"] <= 1.0
