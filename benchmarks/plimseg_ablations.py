@@ -23,11 +23,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a finished PLIMSeg run folder (with config.yaml)")
     args = parser.parse_args()
-    config = load_config(args.run / "config.yaml", WSSSConfig)
+    config = load_config(args.run / "config.yaml", WSSSConfig, overrides={"out_dir": str(args.run)})
     full = args.run / pseudo_mask_folder("cam") / "report.json"
     if not full.exists():
         raise SystemExit(f"{full}: no one-layer PLIMSeg pseudo masks in this run (fix: finish the run first)")
     rows = {"all losses": json.loads(full.read_text())}
+    if rows["all losses"]["layers"][0] is None:
+        raise SystemExit(f"{full}: the training patches have no masks, so pseudo masks cannot be scored "
+                         f"(fix: ablate on data with training masks, e.g. the demo or EBHI-Seg)")
     rows.update({f"without {k[3:]}": v for k, v in loss_ablations(config, Console(width=150)).items()})
     classes = list(rows["all losses"]["layers"][0]["iou"])
     print(f"| PLIMSeg stage 1 | pseudo-mask mIoU | {' | '.join(classes)} |")

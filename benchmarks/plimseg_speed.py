@@ -30,8 +30,8 @@ WEIGHTS = {"otm": 10.0, "btm": 24.0, "cbs": 1.0, "area": 0.2}
 
 
 def label_trained_matcher(args: argparse.Namespace) -> torch.nn.Module:
-    prompts = [f"class {k}" for k in range(NUM_CLASSES)] + ["background"]
-    return LabelTrainedMatcher(build_encoder(args.matcher_backbone), prompts, torch.randn(len(prompts), 384),
+    rows = [[f"class {k}"] for k in range(NUM_CLASSES)] + [["background"]]
+    return LabelTrainedMatcher(build_encoder(args.matcher_backbone), rows, torch.randn(len(rows), 384),
                                "random text", args.matcher_backbone)
 
 

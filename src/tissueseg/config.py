@@ -81,7 +81,7 @@ class RunSettings(Section):
 
 
 class PromptConfig(Section):
-    """PLIMSeg prompt bank; unset fields take the dataset's defaults (:mod:`tissueseg.methods.prompts`)."""
+    """PLIMSeg prompt bank; unset fields take the dataset's defaults (:mod:`tissueseg.data.prompts`)."""
 
     classes: dict[str, list[str]] | None = None  # label class name → descriptions of that tissue
     templates: list[str] | None = None  # each with one "{}" for a description; embeddings are averaged

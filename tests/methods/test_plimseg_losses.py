@@ -21,21 +21,17 @@ from tissueseg.methods.plimseg import (
 
 
 class ColourMatcher(nn.Module):
-    """A frozen toy matcher: embedding = normalised (mean red, mean green, 0.05); text 'red' = (1, 0, 0).
-
-    Its one parameter must never receive a gradient.
-    """
+    """A toy matcher: embedding = normalised (mean red, mean green, 0.05); text 'red' = (1, 0, 0)."""
 
     name = "colour"
 
     def __init__(self):
         super().__init__()
-        self.gain = nn.Parameter(torch.ones(1), requires_grad=False)
         self.table = {"red": torch.tensor([1.0, 0.0, 0.0]), "green": torch.tensor([0.0, 1.0, 0.0]),
                       "blank": torch.tensor([0.0, 0.0, 1.0])}
 
     def encode_image(self, images):
-        means = images.mean(dim=(2, 3))[:, :2] * self.gain
+        means = images.mean(dim=(2, 3))[:, :2]
         return F.normalize(torch.cat([means, torch.full_like(means[:, :1], 0.05)], 1), dim=-1)
 
     def encode_text(self, prompts):
@@ -96,7 +92,6 @@ def test_gradients_grow_the_map_over_the_class_and_never_reach_the_matcher():
         assert torch.all(grad[:, :4] < 0), loss_name  # descending raises P_red on the red half …
         assert torch.all(grad[:, 4:] > 0), loss_name  # … and lowers it on the green half
         assert torch.all(cams.grad[0, 1] == 0)  # class 1 is not in the label
-        assert matcher.gain.grad is None
 
 
 def test_only_positive_pairs_count_and_empty_labels_give_zero():
@@ -143,6 +138,10 @@ def test_prompt_bank_defaults_overrides_and_errors():
         build_prompt_bank(["a"], templates=["no slot"])
     with pytest.raises(ValueError, match="empty"):
         build_prompt_bank(["a"], background=[])
+    with pytest.raises(ValueError, match="empty prompt list for a"):
+        build_prompt_bank(["a"], classes={"a": []})
+    with pytest.raises(ValueError, match="empty prompt list for templates"):
+        build_prompt_bank(["a"], templates=[])
 
 
 def test_prompt_embeddings_ensemble_and_normalise():

@@ -112,3 +112,14 @@ def test_loss_ablations_reuse_the_matcher_and_drop_one_loss_each(tiny_config):
         epochs = [e for e in events if e.get("stage") == "plim_classifier" and e["event"] == "epoch"]
         assert epochs and all(f"train_{loss}" not in e and kept in e for e in epochs)
         assert 0.0 <= reports[f"no_{loss}"]["layers"][0]["miou"] <= 1.0
+
+
+def test_changed_prompts_or_losses_refuse_to_reuse_stale_checkpoints(tiny_config):
+    _, config = tiny_config
+    run_plimseg(RunContext.open(WSSSConfig.model_validate(config)))  # resumes: everything exists
+    prompts = {**config, "plimseg": {**config["plimseg"], "prompts": {"background": ["blank glass"]}}}
+    with pytest.raises(ValueError, match=r"matcher was trained with other settings \(prompts changed\)"):
+        run_plimseg(RunContext.open(WSSSConfig.model_validate(prompts)))
+    losses = {**config, "plimseg": {**config["plimseg"], "losses": ["otm"]}}
+    with pytest.raises(ValueError, match=r"plim_classifier was trained with other settings \(losses changed\)"):
+        run_plimseg(RunContext.open(WSSSConfig.model_validate(losses)))

@@ -75,7 +75,7 @@ def demo(
             results.update(run_plimseg(RunContext.open(WSSSConfig.model_validate(plim), console=console)))
     console.print(results_table(results, run.info.label_classes))
     console.print(f"overlays in {run.out_dir / 'overlays'}, metrics in {run.out_dir / 'metrics.json'}, "
-                  f"model in {run.out_dir / 'model.pt'}")
+                  f"model in {run.out_dir / 'model.pt'}" + (f"; PLIMSeg in {out / 'plimseg'}" if plimseg else ""))
     if semi:
         from tissueseg.methods.unisemalign import run_semi_demo
 

@@ -59,7 +59,7 @@ def pseudo_masks(config: ConfigArg) -> None:
 
 @wsss_app.command("train-seg")
 def train_seg(config: ConfigArg) -> None:
-    """Stage 2: train DeepLabV3+ on the pseudo masks (multi-layer pseudo-supervision)."""
+    """Stage 2: train DeepLabV3+ on the pseudo masks (Σ λ_l CE over their layers), gated at test time."""
     with user_errors():
         run = _open(config)
         _method(run).train_segmenter_stage(run)
@@ -76,7 +76,8 @@ def evaluate(config: ConfigArg) -> None:
         scores = _method(run).evaluate_stage(run)
     write_json(run.out_dir / "test_metrics.json", scores)
     key = "mlps" if run.config.method == "mlps" else f"plimseg_{run.config.plimseg.stage2}"
-    console.print(results_table({key: {"test": scores}}, run.info.label_classes))
+    named = {"matcher": scores["matcher"]} if scores.get("matcher") else {}
+    console.print(results_table({key: {"test": scores}, **named}, run.info.label_classes))
 
 
 @wsss_app.command("run")

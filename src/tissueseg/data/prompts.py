@@ -88,6 +88,10 @@ def build_prompt_bank(label_classes: Sequence[str], classes: Mapping[str, Sequen
     if unknown:
         raise ValueError(f"prompts given for {', '.join(unknown)}, which are not label classes of this dataset "
                          f"({', '.join(label_classes)}) (fix: correct plimseg.prompts.classes)")
+    empty = sorted(name for name, given in overrides.items() if not given)
+    if empty or (templates is not None and not templates):
+        raise ValueError(f"empty prompt list for {', '.join(empty) or 'templates'} (fix: give at least one, or leave "
+                         f"the field out for the defaults)")
     described = tuple(tuple(overrides.get(name) or default_descriptions(name)) for name in label_classes)
     templates = tuple(templates or TEMPLATES)
     bad = [t for t in templates if t.count("{}") != 1]

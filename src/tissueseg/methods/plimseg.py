@@ -22,6 +22,8 @@ the PLIMSeg classifier with multi-layer pseudo-supervision (the PLIMSeg + MLPS s
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +36,7 @@ from torch import nn
 from tissueseg.config import MatcherConfig, PLIMSegConfig, WSSSConfig
 from tissueseg.data.prompts import PromptBank, build_prompt_bank
 from tissueseg.data.transforms import build_train_transforms
+from tissueseg.engine import distributed as dist_utils
 from tissueseg.engine.data import SegmentationSamples, batches_by_size, images_to_tensor
 from tissueseg.engine.evaluate import evaluate_split
 from tissueseg.engine.run import RunContext, write_json
@@ -113,8 +116,12 @@ def matching_losses(matcher: Matcher, images: torch.Tensor, cam_logits: torch.Te
     losses: dict[str, torch.Tensor] = {}
     pairs = torch.arange(len(class_idx), device=class_idx.device)
 
+    def similarity(views: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:  # in fp32, also under bf16 autocast
+        with torch.autocast(views.device.type, enabled=False):
+            return matcher.similarity(views.float(), texts.float())
+
     def class_similarity(view: torch.Tensor) -> torch.Tensor:  # s(view_m, t_{k_m}) for each pair m
-        return matcher.similarity(view, class_text)[pairs, class_idx]
+        return similarity(view, class_text)[pairs, class_idx]
 
     if "otm" in weights:
         losses["otm"] = weights["otm"] * object_text_matching_loss(class_similarity(embeddings[:len(pairs)]))
@@ -122,7 +129,7 @@ def matching_losses(matcher: Matcher, images: torch.Tensor, cam_logits: torch.Te
         losses["btm"] = weights["btm"] * background_text_matching_loss(class_similarity(embeddings[-len(pairs):]))
     if "cbs" in weights:
         losses["cbs"] = weights["cbs"] * background_suppression_loss(
-            matcher.similarity(embeddings[:len(pairs)], background_text))
+            similarity(embeddings[:len(pairs)], background_text))
     if "area" in weights:
         losses["area"] = weights["area"] * object_map.mean()
     return losses
@@ -135,8 +142,10 @@ def prompt_bank(run: RunContext) -> PromptBank:
     return build_prompt_bank(run.info.label_classes, p.classes, p.templates, p.background)
 
 
-def all_prompts(bank: PromptBank) -> list[str]:
-    return [q for k in range(len(bank.classes)) for q in bank.class_prompts(k)] + bank.background_prompts()
+def prompt_rows(bank: PromptBank) -> list[list[str]]:
+    """The prompts of each class, then of each background description (templates applied)."""
+    return ([bank.class_prompts(k) for k in range(len(bank.classes))]
+            + [[t.format(b) for t in bank.templates] for b in bank.background])
 
 
 @torch.no_grad()
@@ -151,18 +160,45 @@ def prompt_embeddings(matcher: Matcher, bank: PromptBank) -> tuple[torch.Tensor,
     return classes, background
 
 
-def _trainable_class_embeddings(matcher: LabelTrainedMatcher, bank: PromptBank) -> torch.Tensor:
-    """Like :func:`prompt_embeddings` for the classes, differentiable (learnable text tables train)."""
-    return torch.stack([F.normalize(matcher.encode_text(bank.class_prompts(k)).mean(0), dim=-1)
-                        for k in range(len(bank.classes))])
-
-
 # --- The matcher ---------------------------------------------------------------------------------------
+
+def check_settings(run: RunContext, name: str, settings: dict) -> None:
+    """Refuse to resume checkpoint ``name`` if it was trained with other settings; record them on first use.
+
+    Resuming is by checkpoint name, so a changed matcher, prompt or loss would otherwise reuse a
+    stale model silently.
+    """
+    path = run.out_dir / "checkpoints" / f"{name}_settings.json"
+    settings = json.loads(json.dumps(settings, default=str, sort_keys=True))
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(f"{path}: this run folder's {name} was trained with other settings "
+                             f"({', '.join(changed)} changed) (fix: use a new out_dir, or delete "
+                             f"{path.parent}/{name}_* to retrain it)")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+
+
+def _prompts_digest(bank: PromptBank) -> str:
+    return hashlib.sha1(json.dumps(prompt_rows(bank)).encode()).hexdigest()[:12]
+
+
+def matcher_settings(run: RunContext) -> dict:
+    """What identifies the matcher of this run (compared on resume)."""
+    m = run.config.plimseg.matcher
+    if m.kind != "label_trained":
+        return {"kind": m.kind, "weights": m.weights, "model_name": m.model_name}
+    return {"kind": m.kind, "backbone": m.backbone, "pretrained": matcher_pretrained(run.config), "text": m.text,
+            "prompts": _prompts_digest(prompt_bank(run))}
 
 def build_matcher(run: RunContext) -> Matcher:
     """The frozen matcher of this run: a pathology CLIP from local weights, or the label-trained one."""
     m = run.config.plimseg.matcher
     if m.kind == "label_trained":
+        check_settings(run, "matcher", matcher_settings(run))
         matcher: nn.Module = train_matcher(run)
     else:
         from tissueseg.models.vlm import load_vlm
@@ -182,7 +218,7 @@ def _text_embeddings(run: RunContext, m: MatcherConfig, prompts: list[str]) -> t
         return None, "learnable text embeddings"
     from tissueseg.models.text import encode_sentences
 
-    cache = run.out_dir / "checkpoints" / "matcher_text.pt"
+    cache = run.out_dir / "checkpoints" / "matcher_text.pt" if dist_utils.is_main_process() else None
     return encode_sentences(prompts, cache_file=cache), "all-MiniLM-L6-v2 text (frozen)"
 
 
@@ -209,10 +245,10 @@ def train_matcher(run: RunContext, name: str = "matcher") -> LabelTrainedMatcher
     cfg: WSSSConfig = run.config
     m = cfg.plimseg.matcher
     bank = prompt_bank(run)
-    prompts = all_prompts(bank)
-    text, text_name = _text_embeddings(run, m, prompts)
-    pretrained = cfg.backbone.pretrained if m.pretrained is None else m.pretrained
-    matcher = LabelTrainedMatcher(build_encoder(m.backbone, pretrained), prompts, text, text_name, m.backbone)
+    rows = prompt_rows(bank)
+    text, text_name = _text_embeddings(run, m, [p for row in rows for p in row])
+    matcher = LabelTrainedMatcher(build_encoder(m.backbone, matcher_pretrained(cfg)), rows, text, text_name,
+                                  m.backbone)
     head = [p for n, p in matcher.named_parameters() if not n.startswith("encoder.")]
     groups = [{"params": list(matcher.encoder.parameters()), "lr_mult": 1.0},
               {"params": head, "lr_mult": m.head_lr_mult}]
@@ -222,24 +258,18 @@ def train_matcher(run: RunContext, name: str = "matcher") -> LabelTrainedMatcher
     trainer = Trainer(matcher, train_config, run.out_dir, param_groups=groups, name=name, console=run.console)
     train_set = SegmentationSamples(run.dataset, run.splits["train"], build_train_transforms(cfg.data.crop_size),
                                     run.space)
-
-    def text_table(net: LabelTrainedMatcher) -> torch.Tensor:
-        background = [F.normalize(net.encode_text([t.format(b) for t in bank.templates]).mean(0), dim=-1)
-                      for b in bank.background]
-        return torch.cat([_trainable_class_embeddings(net, bank), torch.stack(background)])
+    n_classes = len(bank.classes)
 
     def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         images, targets = matcher_training_batch(batch["image"], batch["labels"], len(bank.background))
-        logits = net.logits(net.encode_image(images), text_table(net))
-        return {"loss": F.binary_cross_entropy_with_logits(logits.float(), targets)}
+        return {"loss": F.binary_cross_entropy_with_logits(net(images).float(), targets)}
 
     @torch.no_grad()
     def evaluate(net: nn.Module) -> dict[str, float]:
         net.eval()
-        table = text_table(net)[:len(bank.classes)]
         tp = fp = fn = 0.0
         for _, samples in batches_by_size(run.dataset, run.splits["val"], 16):
-            logits = net.logits(net.encode_image(images_to_tensor(samples, run.device)), table)
+            logits = net(images_to_tensor(samples, run.device))[:, :n_classes]
             labels = torch.from_numpy(np.stack([run.space.sample_labels(s) for s in samples])).to(logits.device)
             pred = (logits > 0).float()
             tp = tp + (pred * labels).sum(0)
@@ -248,7 +278,18 @@ def train_matcher(run: RunContext, name: str = "matcher") -> LabelTrainedMatcher
         return {"val_f1": float((2 * tp / (2 * tp + fp + fn).clamp_min(1)).mean())}
 
     trainer.fit(train_set, step, evaluate=evaluate, select="val_f1")
+    dist_utils.barrier()  # every rank loads the best matcher rank 0 wrote
     return mlps.load_best(matcher, trainer.best_path, trainer.device)
+
+
+def matcher_pretrained(cfg: WSSSConfig) -> bool | str:
+    """The label-trained matcher's init: its own setting, else the run backbone's when that applies to it
+    (a weights *file* for a different backbone does not: then the matcher's packaged/local weights)."""
+    m = cfg.plimseg.matcher
+    if m.pretrained is not None:
+        return m.pretrained
+    inherited = cfg.backbone.pretrained
+    return inherited if isinstance(inherited, bool) or cfg.backbone.name == m.backbone else True
 
 
 # --- Stage 1 with the matching losses ------------------------------------------------------------------
@@ -262,8 +303,12 @@ def train_plim_classifier(run: RunContext, matcher: Matcher) -> mlps.PDAClassifi
     The losses run inside the engine's bf16 autocast on GPU, matcher included.
     """
     p = run.config.plimseg
-    class_text, background_text = (t.to(run.device) for t in prompt_embeddings(matcher, prompt_bank(run)))
+    bank = prompt_bank(run)
+    class_text, background_text = (t.to(run.device) for t in prompt_embeddings(matcher, bank))
     weights = active_loss_weights(p)
+    check_settings(run, CLASSIFIER, {"matcher": matcher_settings(run), "matcher_name": matcher.name,
+                                     "prompts": _prompts_digest(bank), "losses": weights, "pda": p.pda,
+                                     "classification_weight": p.classification_weight})
 
     def cam_losses(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return matching_losses(matcher, images, cams, labels, class_text, background_text, weights)
@@ -281,6 +326,12 @@ def load_plim_classifier(run: RunContext) -> mlps.PDAClassifier:
     return mlps.load_classifier(run, CLASSIFIER)
 
 
+def matcher_name(run: RunContext) -> str | None:
+    """The matcher the run's PLIMSeg classifier was trained with (from its settings record)."""
+    path = run.out_dir / "checkpoints" / f"{CLASSIFIER}_settings.json"
+    return json.loads(path.read_text()).get("matcher_name") if path.exists() else None
+
+
 def pseudo_mask_folder(variant: str) -> str:
     return f"plimseg_{variant}_masks"
 
@@ -289,11 +340,12 @@ def pseudo_masks_stage(run: RunContext, variant: str | None = None) -> dict:
     """Pseudo masks of the PLIMSeg classifier: one-layer CAM (``cam``) or multi-layer Grad-CAM (``mlps``)."""
     variant = variant or run.config.plimseg.stage2
     classifier = load_plim_classifier(run)
-    if variant == "cam":
-        return mlps.make_pseudo_masks(run, mlps.plain_cam(classifier), pseudo_mask_folder(variant), 1)
-    layers = run.config.pseudo_masks.layers
-    return mlps.make_pseudo_masks(run, mlps.grad_cam_layers(classifier, layers), pseudo_mask_folder(variant),
-                                  len(layers))
+    layers = [-1] if variant == "cam" else run.config.pseudo_masks.layers
+    cams = mlps.plain_cam(classifier) if variant == "cam" else mlps.grad_cam_layers(classifier, layers)
+    report = mlps.make_pseudo_masks(run, cams, pseudo_mask_folder(variant), len(layers))
+    report["matcher"] = matcher_name(run)
+    write_json(run.out_dir / pseudo_mask_folder(variant) / "report.json", report)
+    return report
 
 
 def _stage2_layers(run: RunContext, variant: str) -> list[float]:
@@ -320,9 +372,10 @@ def evaluate_stage(run: RunContext, variant: str | None = None, n_overlays: int 
                                 f"plimseg_{variant}_segmenter", "train-seg")
     if variant == run.config.plimseg.stage2:
         mlps.export_model(run, segmenter, classifier, method="plimseg")
-    return evaluate_split(mlps.segmenter_predictor(run, segmenter, classifier), run.dataset, run.splits["test"],
-                          run.device, overlay_dir=run.out_dir / "overlays" / f"plimseg_{variant}",
-                          n_overlays=n_overlays)
+    scores = evaluate_split(mlps.segmenter_predictor(run, segmenter, classifier), run.dataset, run.splits["test"],
+                            run.device, overlay_dir=run.out_dir / "overlays" / f"plimseg_{variant}",
+                            n_overlays=n_overlays)
+    return {**scores, "matcher": matcher_name(run)}
 
 
 def run_variant(run: RunContext, variant: str) -> dict:
@@ -364,7 +417,7 @@ def loss_ablations(config: WSSSConfig, console=None) -> dict:
     for loss in config.plimseg.losses:
         out = base / f"no_{loss}"
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        for name in ("matcher_best.pt", "matcher_last.pt", "matcher_text.pt"):
+        for name in ("matcher_best.pt", "matcher_last.pt", "matcher_text.pt", "matcher_settings.json"):
             source = base / "checkpoints" / name
             if source.exists() and not (out / "checkpoints" / name).exists():
                 shutil.copy(source, out / "checkpoints" / name)

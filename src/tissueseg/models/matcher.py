@@ -25,18 +25,21 @@ class LabelTrainedMatcher(nn.Module):
     Parameters
     ----------
     encoder : a [0, 1]-RGB registry encoder (:func:`tissueseg.models.encoder.build_encoder`).
-    prompts : every prompt the matcher will be asked about (class and background prompts).
-    text_embeddings : (len(prompts), D) fixed sentence embeddings, or None for learnable ones of ``dim``.
+    rows : the prompts of each row the matcher is trained on (each class, then each background
+        description); a row's embedding is the normalised mean of its prompts' embeddings.
+    text_embeddings : (number of prompts, D) fixed sentence embeddings of the prompts in row order,
+        or None for learnable ones of ``dim``.
     text_name : what produced the text embeddings (shown in reports).
     dim : embedding size when the text embeddings are learnable.
     """
 
-    def __init__(self, encoder: NormalizedEncoder, prompts: Sequence[str], text_embeddings: torch.Tensor | None,
+    def __init__(self, encoder: NormalizedEncoder, rows: Sequence[Sequence[str]], text_embeddings: torch.Tensor | None,
                  text_name: str, backbone_name: str, dim: int = 256):
         super().__init__()
         self.encoder = encoder
-        self.prompts = list(prompts)
+        self.prompts = [p for row in rows for p in row]
         self._index = {p: i for i, p in enumerate(self.prompts)}
+        self.rows = [list(row) for row in rows]
         if text_embeddings is None:
             self.text = nn.Parameter(torch.randn(len(self.prompts), dim) / math.sqrt(dim))
         else:
@@ -46,6 +49,14 @@ class LabelTrainedMatcher(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-5.0))
         self.name = f"label-trained matcher ({backbone_name} + {text_name})"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Training logits (N, rows) of [0, 1] RGB images against every row (through DDP's forward)."""
+        return self.logits(self.encode_image(images), self.row_embeddings())
+
+    def row_embeddings(self) -> torch.Tensor:
+        """(rows, D): each row's normalised mean prompt embedding (differentiable when learnable)."""
+        return torch.stack([F.normalize(self.encode_text(row).mean(0), dim=-1) for row in self.rows])
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings (N, D) of [0, 1] RGB images; differentiable in ``images``."""
