@@ -32,7 +32,8 @@ def main() -> None:
         raise SystemExit(f"{full}: the training patches have no masks, so pseudo masks cannot be scored "
                          f"(fix: ablate on data with training masks, e.g. the demo or EBHI-Seg)")
     rows.update({f"without {k[3:]}": v for k, v in loss_ablations(config, Console(width=150)).items()})
-    classes = list(rows["all losses"]["layers"][0]["iou"])
+    layer = rows["all losses"]["layers"][0]
+    classes = [c for c, v in layer["iou"].items() if v is not None]  # scored classes (MLPS: not background)
     print(f"| PLIMSeg stage 1 | pseudo-mask mIoU | {' | '.join(classes)} |")
     print("|---|---|" + "---|" * len(classes))
     for name, report in rows.items():
