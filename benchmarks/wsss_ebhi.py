@@ -145,8 +145,9 @@ def main() -> None:
                               f">= {args.min_fraction:.0%} of the crop, background included)",
                "split": f"by case, seed {args.seed}, 70/15/15", "epochs": args.epochs, "device": device,
                "seconds": round(elapsed), "results": results}
-    (Path(config.out_dir) / "benchmark.json").write_text(json.dumps(summary, indent=2, default=str))
-    console.print(f"{device}, {elapsed / 60:.1f} min; details in {config.out_dir}/benchmark.json")
+    report = Path(config.out_dir) / f"benchmark_{'_'.join(args.methods)}.json"
+    report.write_text(json.dumps(summary, indent=2, default=str))
+    console.print(f"{device}, {elapsed / 60:.1f} min; details in {report}")
 
 
 if __name__ == "__main__":
