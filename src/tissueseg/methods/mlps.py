@@ -275,12 +275,16 @@ def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier"
 
 
 @torch.no_grad()
-def classification_f1(model: PDAClassifier, run: RunContext, records: Sequence) -> float:
-    """Macro F1 of patch-level predictions (probability > 0.5) against the labels (or mask-derived labels)."""
+def classification_f1(model: nn.Module, run: RunContext, records: Sequence) -> float:
+    """Macro F1 of patch-level predictions (probability > 0.5) against the labels (or mask-derived labels).
+
+    ``model`` returns logits whose first K columns are the label classes (extra columns are ignored).
+    """
     model.eval()
     tp = fp = fn = 0.0
+    k = run.space.num_classes
     for _, samples in batches_by_size(run.dataset, records, 16):
-        probs = torch.sigmoid(model(images_to_tensor(samples, run.device)).float()).cpu()
+        probs = torch.sigmoid(model(images_to_tensor(samples, run.device))[:, :k].float()).cpu()
         labels = torch.from_numpy(np.stack([run.space.sample_labels(s) for s in samples]))
         pred = (probs > 0.5).float()
         tp += (pred * labels).sum(0)

@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +36,7 @@ from tissueseg.config import MatcherConfig, PLIMSegConfig, WSSSConfig
 from tissueseg.data.prompts import PromptBank, build_prompt_bank
 from tissueseg.data.transforms import build_train_transforms
 from tissueseg.engine import distributed as dist_utils
-from tissueseg.engine.data import SegmentationSamples, batches_by_size, images_to_tensor
+from tissueseg.engine.data import SegmentationSamples
 from tissueseg.engine.evaluate import evaluate_split
 from tissueseg.engine.run import RunContext, write_json
 from tissueseg.engine.trainer import TrainConfig, Trainer
@@ -258,24 +257,13 @@ def train_matcher(run: RunContext, name: str = "matcher") -> LabelTrainedMatcher
     trainer = Trainer(matcher, train_config, run.out_dir, param_groups=groups, name=name, console=run.console)
     train_set = SegmentationSamples(run.dataset, run.splits["train"], build_train_transforms(cfg.data.crop_size),
                                     run.space)
-    n_classes = len(bank.classes)
 
     def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         images, targets = matcher_training_batch(batch["image"], batch["labels"], len(bank.background))
         return {"loss": F.binary_cross_entropy_with_logits(net(images).float(), targets)}
 
-    @torch.no_grad()
-    def evaluate(net: nn.Module) -> dict[str, float]:
-        net.eval()
-        tp = fp = fn = 0.0
-        for _, samples in batches_by_size(run.dataset, run.splits["val"], 16):
-            logits = net(images_to_tensor(samples, run.device))[:, :n_classes]
-            labels = torch.from_numpy(np.stack([run.space.sample_labels(s) for s in samples])).to(logits.device)
-            pred = (logits > 0).float()
-            tp = tp + (pred * labels).sum(0)
-            fp = fp + (pred * (1 - labels)).sum(0)
-            fn = fn + ((1 - pred) * labels).sum(0)
-        return {"val_f1": float((2 * tp / (2 * tp + fp + fn).clamp_min(1)).mean())}
+    def evaluate(net: nn.Module) -> dict[str, float]:  # the class rows' logits; background rows ignored
+        return {"val_f1": mlps.classification_f1(net, run, run.splits["val"])}
 
     trainer.fit(train_set, step, evaluate=evaluate, select="val_f1")
     dist_utils.barrier()  # every rank loads the best matcher rank 0 wrote
