@@ -2,8 +2,8 @@
 
 Rows per labelled budget (whole training cases, seeded): supervised only, consistency only,
 UniSemAlign (text encoder named) and fully supervised (trained once, the same for every budget);
-optional ablations (no text / no prototype / neither; alignment none vs MSE) and a training-speed
-comparison of bf16 vs fp32 in the same process. Scores on the test split of a seeded case split
+optional ablations (no text / no prototype; "neither" is the consistency row; alignment none vs
+MSE) and a training-speed comparison of bf16 vs fp32 in the same process. Scores on the test split of a seeded case split
 (70/15/15), sliding window, in the UniSemAlign convention (mDice / mJaccard over background and
 foreground) and foreground-only. Prints a markdown table and writes ``<out>/results.json``.
 
@@ -28,10 +28,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = ("supervised", "consistency", "unisemalign")
-ABLATIONS = {  # name: UniSemAlign settings overrides (paper Table: branches and alignment loss)
+ABLATIONS = {  # name: UniSemAlign settings overrides (paper Table: branches and alignment loss);
+    # "neither branch" is the consistency-only row (the same network and losses), so it is not trained twice
     "unisemalign_no_text": {"text": False},
     "unisemalign_no_prototype": {"prototypes": False},
-    "unisemalign_no_branches": {"text": False, "prototypes": False},
     "unisemalign_no_alignment": {"alignment": "none"},
 }
 
@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="labelled budgets: image counts (8) or fractions of the training images (10%%)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and after the last)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=224, help="training crop (EBHI images are 224 px)")
     p.add_argument("--scale", type=float, default=1.0,
@@ -55,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decoder-channels", type=int, default=256)
     p.add_argument("--text-encoder", default="auto", choices=["auto", "clip", "minilm", "learnable"])
     p.add_argument("--branch-logits-at", default="input", choices=["input", "feature"])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=[*ROWS, *ABLATIONS],
+                   help="rows to train per budget (default: the three references and UniSemAlign)")
     p.add_argument("--ablations", action="store_true", help="also the branch / alignment ablations")
     p.add_argument("--no-full", action="store_true", help="skip the fully supervised row")
     p.add_argument("--speed", action="store_true", help="time UniSemAlign training steps, bf16 vs fp32")
@@ -80,7 +83,8 @@ def make_config(args: argparse.Namespace, out_dir: Path, labelled: dict | None) 
         "backbone": {"name": args.backbone, "pretrained": not args.no_pretrained, "output_stride": 16,
                      "freeze": args.freeze},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                  "decoder_channels": args.decoder_channels, "max_steps_per_epoch": args.max_steps_per_epoch},
+                  "decoder_channels": args.decoder_channels, "max_steps_per_epoch": args.max_steps_per_epoch,
+                  "eval_every": args.eval_every},
         "unisemalign": {"branch_logits_at": args.branch_logits_at},
         "text": {"encoder": args.text_encoder},
         "evaluation": {"window": 256, "stride": 170, "overlays": 0},
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         from tissueseg.methods.unisemalign import labelled_records
 
         labelled, unlabelled = labelled_records(run)
-        names = list(ROWS) + (list(ABLATIONS) if args.ablations else [])
+        names = list(args.rows) + [a for a in ABLATIONS if args.ablations and a not in args.rows]
         for name in names:
             row = name if name in ROWS else "unisemalign"
             entry = train_and_score(run, row, name, ABLATIONS.get(name))

@@ -239,3 +239,24 @@ def test_texture_not_colour_decides():
     print(f"tissue mIoU: colour-only {colour:.3f}, small CNN {cnn:.3f}")
     assert cnn > 0.4  # learnable: chance is about 0.15
     assert cnn > colour + 0.2
+
+
+def test_synthetic_slide_is_a_mosaic_on_glass_written_as_a_pyramid(tmp_path):
+    from tissueseg.data.synthetic import synthetic_slide, write_synthetic_slide
+    from tissueseg.slides.readers import open_slide
+
+    image, mask = synthetic_slide(np.random.default_rng(3), rows=2, cols=3, patch=64, margin=16)
+    assert image.shape == (2 * 64 + 32, 3 * 64 + 32, 3) and mask.shape == image.shape[:2]
+    assert (mask[:16] == BACKGROUND_INDEX).all() and (mask[:, -16:] == BACKGROUND_INDEX).all()
+    assert image[:16].mean() > 230  # glass is bright
+    tissue = mask[16:-16, 16:-16]
+    assert (tissue != BACKGROUND_INDEX).mean() > 0.5 and len(np.unique(tissue)) >= 3
+    again, _ = synthetic_slide(np.random.default_rng(3), rows=2, cols=3, patch=64, margin=16)
+    assert np.array_equal(image, again)
+
+    path = write_synthetic_slide(tmp_path / "s.tif", seed=3, rows=2, cols=3, patch=64, margin=16)
+    reader = open_slide(path)
+    assert reader.dimensions == (image.shape[1], image.shape[0]) and reader.mpp == pytest.approx(0.5, rel=1e-3)
+    assert np.array_equal(read_label_image(tmp_path / "s_mask.png"), mask)
+    region = reader.read_region((0, 0), 0, (image.shape[1], image.shape[0]))
+    assert np.array_equal(region, image)

