@@ -22,6 +22,7 @@ from tissueseg.methods.plimseg import loss_ablations, pseudo_mask_folder
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a finished PLIMSeg run folder (with config.yaml)")
+    parser.add_argument("--losses", nargs="+", default=None, help="ablate only these losses (default: all in use)")
     args = parser.parse_args()
     config = load_config(args.run / "config.yaml", WSSSConfig, overrides={"out_dir": str(args.run)})
     full = args.run / pseudo_mask_folder("cam") / "report.json"
@@ -31,7 +32,7 @@ def main() -> None:
     if rows["all losses"]["layers"][0] is None:
         raise SystemExit(f"{full}: the training patches have no masks, so pseudo masks cannot be scored "
                          f"(fix: ablate on data with training masks, e.g. the demo or EBHI-Seg)")
-    rows.update({f"without {k[3:]}": v for k, v in loss_ablations(config, Console(width=150)).items()})
+    rows.update({f"without {k[3:]}": v for k, v in loss_ablations(config, Console(width=150), args.losses).items()})
     layer = rows["all losses"]["layers"][0]
     classes = [c for c, v in layer["iou"].items() if v is not None]  # scored classes (MLPS: not background)
     print(f"| PLIMSeg stage 1 | pseudo-mask mIoU | {' | '.join(classes)} |")

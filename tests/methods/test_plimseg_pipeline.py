@@ -112,6 +112,9 @@ def test_loss_ablations_reuse_the_matcher_and_drop_one_loss_each(tiny_config):
         epochs = [e for e in events if e.get("stage") == "plim_classifier" and e["event"] == "epoch"]
         assert epochs and all(f"train_{loss}" not in e and kept in e for e in epochs)
         assert 0.0 <= reports[f"no_{loss}"]["layers"][0]["miou"] <= 1.0
+    assert set(loss_ablations(ablated, losses=["area"])) == {"no_area"}  # only the named ones
+    with pytest.raises(ValueError, match="btm"):
+        loss_ablations(ablated, losses=["btm"])  # not among this run's losses
 
 
 def test_changed_prompts_or_losses_refuse_to_reuse_stale_checkpoints(tiny_config):

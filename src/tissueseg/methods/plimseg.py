@@ -392,8 +392,9 @@ def run_plimseg(run: RunContext, references: bool = False) -> dict:
     return results
 
 
-def loss_ablations(config: WSSSConfig, console=None) -> dict:
-    """Stage 1 and one-layer CAM pseudo masks with each matching loss switched off in turn.
+def loss_ablations(config: WSSSConfig, console=None, losses: Sequence[str] | None = None) -> dict:
+    """Stage 1 and one-layer CAM pseudo masks with each matching loss (default: every one in use)
+    switched off in turn.
 
     Each ablation runs in ``<out_dir>/no_<loss>`` and reuses the matcher of the main run in
     ``out_dir`` (its checkpoints are copied, so it is not retrained); returns the pseudo-mask reports.
@@ -401,8 +402,12 @@ def loss_ablations(config: WSSSConfig, console=None) -> dict:
     import shutil
 
     base = Path(config.out_dir)
+    unknown = set(losses or ()) - set(config.plimseg.losses)
+    if unknown:
+        raise ValueError(f"cannot ablate {', '.join(sorted(unknown))}: not among the run's losses "
+                         f"({', '.join(config.plimseg.losses)})")
     results = {}
-    for loss in config.plimseg.losses:
+    for loss in losses or config.plimseg.losses:
         out = base / f"no_{loss}"
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         for name in ("matcher_best.pt", "matcher_last.pt", "matcher_text.pt", "matcher_settings.json"):
