@@ -3,9 +3,9 @@
 Rows per labelled budget (whole training cases, seeded): supervised only, consistency only,
 UniSemAlign (text encoder named) and fully supervised (trained once, the same for every budget);
 optional ablations (no text / no prototype; "neither" is the consistency row; alignment none vs
-MSE) and a training-speed comparison of bf16 vs fp32 in the same process. Scores on the test split of a seeded case split
-(70/15/15), sliding window, in the UniSemAlign convention (mDice / mJaccard over background and
-foreground) and foreground-only. Prints a markdown table and writes ``<out>/results.json``.
+MSE) and a training-speed comparison of bf16 vs fp32 in the same process. Scores on the test split
+of a seeded case split (70/15/15), sliding window, in the UniSemAlign convention (mDice / mJaccard
+over background and foreground) and foreground-only. Prints a markdown table and writes ``<out>/results.json``.
 
 Example (CPU, reduced)::
 
@@ -254,8 +254,7 @@ def markdown(results: dict) -> str:
     if results.get("speed"):
         lines += ["", "| precision | train images/s | peak memory (MiB) |", "|---|---:|---:|"]
         for s in results["speed"]:
-            lines.append(f"| {s['precision']} | {s.get('images_per_s', s.get('note', '-'))} | "
-                         f"{s.get('peak_memory_mib', '-')} {s.get('memory_kind', '')} |")
+            lines.append(f"| {s['precision']} | {s['images_per_s']} | {s['peak_memory_mib']} {s['memory_kind']} |")
     return "\n".join(lines)
 
 

@@ -49,11 +49,10 @@ def demo_slides(model: Path, out: Path, seed: int = 0) -> Table:
     """
     import json
 
-    import numpy as np
     import tifffile
-    from PIL import Image
     from rich.table import Table
 
+    from tissueseg.data.io import read_label_image
     from tissueseg.data.synthetic import write_synthetic_slide
     from tissueseg.slides.outputs import NO_TISSUE
     from tissueseg.slides.predict import PredictOptions, predict_slides
@@ -79,7 +78,7 @@ def demo_slides(model: Path, out: Path, seed: int = 0) -> Table:
         largest = ", ".join(f"{a['class']} {a['percent']:.0f}%" for a in sorted(areas, key=lambda a: -a["pixels"])[:3])
         agreement = "-"
         if slide == synthetic:
-            truth = np.asarray(Image.open(slide.with_name(f"{slide.stem}_mask.png")))
+            truth = read_label_image(slide.with_name(f"{slide.stem}_mask.png"))
             class_map = tifffile.imread(folder / "classmap.tif", key=0)
             analysed = class_map != NO_TISSUE
             agreement = f"{100 * float((class_map == truth)[analysed].mean()):.1f}%"
