@@ -33,6 +33,8 @@ ABLATIONS = {  # name: UniSemAlign settings overrides (paper Table: branches and
     "unisemalign_no_text": {"text": False},
     "unisemalign_no_prototype": {"prototypes": False},
     "unisemalign_no_alignment": {"alignment": "none"},
+    # the paper's / official loss recipe (our defaults changed it: see UniSemAlignSettings)
+    "unisemalign_paper": "PAPER_RECIPE",
 }
 
 
@@ -49,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=224, help="training crop (EBHI images are 224 px)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="train and test on a copy of the data rescaled by this factor (CPU runs; masks nearest)")
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.001, help="base LR (config default and official: 0.001)")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--no-pretrained", action="store_true", help="random init instead of ImageNet weights")
     p.add_argument("--freeze", action="store_true", help="freeze the encoder (paper, for UNI)")
@@ -100,8 +102,10 @@ def open_run(config: dict):
     return RunContext.open(SemiConfig.model_validate(config), console=Console(stderr=True))
 
 
-def train_and_score(run, row: str, name: str, overrides: dict | None = None) -> dict:
-    from tissueseg.methods.unisemalign import evaluate_segmenter, train_row
+def train_and_score(run, row: str, name: str, overrides: dict | str | None = None) -> dict:
+    from tissueseg.methods.unisemalign import PAPER_RECIPE, evaluate_segmenter, train_row
+
+    overrides = PAPER_RECIPE if overrides == "PAPER_RECIPE" else overrides
 
     settings = run.config.unisemalign.model_copy(update=overrides or {})
     start = time.perf_counter()

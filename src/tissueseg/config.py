@@ -26,6 +26,7 @@ class DataConfig(Section):
     white_threshold: int = 200
     min_background_size: int = 50
     num_workers: int = 0
+    cache_gib: float = Field(default=4.0, ge=0)  # decoded images kept in memory (per process); 0 turns it off
 
 
 class BackboneConfig(Section):
@@ -181,6 +182,7 @@ class SemiTrainConfig(Section):
     weight_decay: float = 1e-4
     head_lr_mult: float = 10.0  # decoder, head, projection, prototypes and text projection
     decoder_channels: int = 256
+    aspp_dropout: float = 0.0  # official UniMatch/CorrMatch ASPP has no dropout (it would also perturb pseudo labels)
     max_steps_per_epoch: int | None = None
     eval_every: int = 1  # validate every N epochs (and after the last)
 
@@ -209,15 +211,23 @@ class UniSemAlignSettings(Section):
     beta: float = 0.1  # weight of the text scores
     logit_scale: float = 1.0  # cosine logits × scale (official: 1)
     branch_logits_at: Literal["input", "feature"] = "input"  # cosine at input size (official) or feature size
+    # pseudo-label confidence threshold: "fixed" at ``confidence`` (UniMatch 0.95; our default) or the
+    # paper's EMA of the batch confidence from ``threshold_init`` with ``threshold_momentum``
+    threshold: Literal["fixed", "ema"] = "fixed"
+    confidence: float = Field(default=0.95, gt=0, lt=1)
     threshold_init: float = 0.7
     threshold_momentum: float = 0.999
     strong_target: Literal["weak", "strong"] = "weak"  # paper: fused weak label; official code: strong's own
     fp_dropout: float = 0.5
     cutmix_prob: float = 0.5
-    sup_weight: float = 0.5
-    strong_weight: float = 0.25
-    kl_weight: float = 0.25
-    fp_weight: float = 0.25
+    # Total = Σ weight·loss / 2. Ours: the labelled CE counts 1.0 as in the supervised-only row, and the
+    # unlabelled terms ramp up from 0 over the first ``ramp_up`` of training (sigmoid, Laine & Aila 2017).
+    # Paper / official: sup 0.5, strong 0.25, kl 0.25, fp 0.25, ramp_up 0, threshold "ema".
+    sup_weight: float = 2.0
+    strong_weight: float = 1.0
+    kl_weight: float = 0.5
+    fp_weight: float = 1.0
+    ramp_up: float = Field(default=0.3, ge=0, lt=1)
     proto_weight: float = 1.0
     text_weight: float = 1.0
     align_weight: float = 1.0

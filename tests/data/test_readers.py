@@ -224,6 +224,22 @@ def test_samples_load_lazily(tmp_path):
         ds.split("test")[0]
 
 
+def test_memory_cache_returns_copies_and_respects_its_budget(tmp_path):
+    ds = open_dataset(make_luad(tmp_path))
+    val, test = ds.split("val").records[0], ds.split("test").records[0]
+    one = ds.load(val)
+    sample_bytes = one.image.nbytes + one.mask.nbytes
+    ds.cache_in_memory(sample_bytes)  # room for exactly one sample
+    first = ds.load(val)
+    (tmp_path / "val" / "img" / "S03-000.png").unlink()
+    first.image[:] = 0  # a caller writing into its copy must not change the cache
+    again = ds.load(val)  # served from memory although the file is gone
+    assert np.array_equal(again.image, one.image) and np.array_equal(again.mask, one.mask)
+    (tmp_path / "test" / "img" / "S04-000.png").unlink()
+    with pytest.raises(ImageReadError, match="S04-000.png"):  # over budget: not cached, read from disk
+        ds.load(test)
+
+
 # --------------------------------------------------------------------------- bad trees
 
 def test_unparseable_and_wrong_length_labels(tmp_path):

@@ -13,7 +13,8 @@ from tissueseg.engine.run import RunContext
 from tissueseg.methods.unisemalign import (SemiPairs, SemiSpace, UniSemAlignNet, alignment_loss, batch_confidence,
                                            build_network, cosine_logits, cutmix, cutmix_box, ema_threshold,
                                            evaluate_rows, fuse_scores, kl_consistency, labelled_records,
-                                           masked_cross_entropy, run_semi, unisemalign_losses)
+                                           masked_cross_entropy, run_semi, sigmoid_ramp_up,
+                                           unisemalign_losses, PAPER_RECIPE)
 
 
 # --- losses on hand-computed cases ---------------------------------------------------------------
@@ -102,7 +103,7 @@ def test_total_loss_combines_the_paper_weights():
     box = torch.zeros(n, h, h, dtype=torch.bool)
     box[0, :4, :4] = True
     batch = {"mask": torch.randint(0, c, (n, h, h)), "box": box}
-    settings = UniSemAlignSettings(threshold_momentum=0.0)
+    settings = UniSemAlignSettings(threshold_momentum=0.0, **PAPER_RECIPE)
     losses, threshold = unisemalign_losses(out, batch, torch.tensor(0.0), settings)
     assert threshold.item() == pytest.approx(batch_confidence(out["weak"]).item())
     expected = (0.5 * losses["loss_x"] + 0.25 * (losses["loss_strong"] + losses["loss_kl"] + losses["loss_fp"])
@@ -110,10 +111,37 @@ def test_total_loss_combines_the_paper_weights():
     assert losses["loss"].item() == pytest.approx(expected.item())
     assert losses["loss_x"].item() == pytest.approx(F.cross_entropy(out["labelled"], batch["mask"]).item())
     assert losses["loss_align"].item() == pytest.approx(alignment_loss(out["prototypes"], out["text"]).item())
-    official = unisemalign_losses(out, batch, torch.tensor(0.0), UniSemAlignSettings(strong_target="strong"))[0]
+    official = unisemalign_losses(out, batch, torch.tensor(0.0),
+                                  UniSemAlignSettings(strong_target="strong", **PAPER_RECIPE))[0]
     assert official["loss_strong"].item() != pytest.approx(losses["loss_strong"].item())
     no_align = unisemalign_losses(out, batch, torch.tensor(0.0), UniSemAlignSettings(alignment="none"))[0]
     assert "loss_align" not in no_align
+
+
+def test_default_recipe_ramps_the_unlabelled_terms_and_uses_a_fixed_threshold():
+    torch.manual_seed(0)
+    n, c, h = 2, 2, 8
+    out = {"labelled": torch.randn(n, c, h, h), "weak": 4 * torch.randn(n, c, h, h),
+           "weak_fp": torch.randn(n, c, h, h), "strong": torch.randn(n, c, h, h)}
+    batch = {"mask": torch.randint(0, c, (n, h, h)), "box": torch.zeros(n, h, h, dtype=torch.bool)}
+    s = UniSemAlignSettings()
+    assert s.threshold == "fixed" and s.ramp_up == pytest.approx(0.3)
+    assert sigmoid_ramp_up(0.0, 0.3) == pytest.approx(math.exp(-5))
+    assert sigmoid_ramp_up(0.15, 0.3) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_ramp_up(0.3, 0.3) == 1.0 and sigmoid_ramp_up(0.0, 0.0) == 1.0
+    for progress in (0.0, 0.15, 1.0):
+        losses, threshold = unisemalign_losses(out, batch, torch.tensor(0.5), s, progress)
+        r = sigmoid_ramp_up(progress, s.ramp_up)
+        expected = (2.0 * losses["loss_x"] + r * (1.0 * losses["loss_strong"] + 0.5 * losses["loss_kl"]
+                                                  + 1.0 * losses["loss_fp"])) / 2
+        assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # fixed threshold: exactly the pixels whose weak confidence reaches 0.95 count, whatever the EMA says
+    conf = out["weak"].softmax(1).max(1).values
+    assert losses["mask_ratio"].item() == pytest.approx((conf >= 0.95).float().mean().item())
+    assert 0 < losses["mask_ratio"].item() < 1
+    ema = unisemalign_losses(out, batch, torch.tensor(0.5), UniSemAlignSettings(threshold="ema",
+                                                                                threshold_momentum=1.0))[0]
+    assert ema["mask_ratio"].item() == pytest.approx((conf >= 0.5).float().mean().item())
 
 
 def test_binary_label_space():

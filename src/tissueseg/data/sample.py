@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,12 @@ class TissueDataset:
         self.records = records
         self.problems = problems
         self._loader = loader
+        self._cache: dict[Path, Sample] = {}
+        self._cache_budget = 0
+
+    def cache_in_memory(self, max_bytes: int) -> None:
+        """Keep decoded samples in memory, up to ``max_bytes`` of arrays; later ones are read from disk."""
+        self._cache_budget = max_bytes
 
     @property
     def splits(self) -> list[str]:
@@ -139,7 +145,17 @@ class TissueDataset:
         return SplitView(self, records)
 
     def load(self, record: Record) -> Sample:
-        return self._loader(record, self.info)
+        """The record's sample; a copy of the cached one when :meth:`cache_in_memory` holds it."""
+        cached = self._cache.get(record.image_path)
+        if cached is None:
+            cached = self._loader(record, self.info)
+            size = sum(a.nbytes for a in (cached.image, cached.mask, cached.labels, cached.instances) if a is not None)
+            if size > self._cache_budget:
+                return cached
+            self._cache[record.image_path] = cached
+            self._cache_budget -= size
+        return replace(cached, **{k: getattr(cached, k).copy() for k in ("image", "mask", "labels", "instances")
+                                  if getattr(cached, k) is not None})
 
     @property
     def fatal_problems(self) -> list[Problem]:

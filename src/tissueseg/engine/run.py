@@ -56,6 +56,7 @@ class RunContext:
         seed_everything(config.seed)
         d = config.data
         dataset = open_dataset(d.path, format=d.format, strict=True)
+        dataset.cache_in_memory(int(d.cache_gib * 2**30))
         splits = resolve_splits(dataset, d.train_split, d.val_split, d.test_split, d.split_fractions, config.seed)
         detect = d.background_detection
         if detect is None:

@@ -145,6 +145,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.log = JsonLog(self.out_dir / "log.jsonl")
         self.console = console or Console()
+        self.progress = 0.0  # fraction of the training iterations done, for schedules inside a step
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
         model = model.to(self.device)
@@ -287,6 +288,7 @@ class Trainer:
     def _train_step(self, batch: Any, global_step: int, max_iterations: int, epoch: int,
                     step_in_epoch: int) -> dict[str, float]:
         cfg = self.config
+        self.progress = global_step / max(max_iterations, 1)
         for g in self.optimizer.param_groups:
             g["lr"] = poly_lr(cfg.lr * g["lr_mult"], global_step, max_iterations, cfg.poly_power)
         batch = to_device(batch, self.device, cfg.channels_last)

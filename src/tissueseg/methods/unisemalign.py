@@ -262,14 +262,30 @@ def fused_pseudo_labels(logits: torch.Tensor, pixel: torch.Tensor | None, out: d
         return fused.softmax(1).max(1)
 
 
-def unisemalign_losses(out: dict, batch: dict, threshold: torch.Tensor, settings: UniSemAlignSettings
-                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """All UniSemAlign losses of one step and the updated threshold.
+PAPER_RECIPE = {"sup_weight": 0.5, "strong_weight": 0.25, "kl_weight": 0.25, "fp_weight": 0.25, "ramp_up": 0.0,
+                "threshold": "ema"}
+"""Settings overrides that restore the paper's / official code's loss weights and EMA threshold."""
 
-    Total = (0.5·L_sup + 0.25·L_strong + 0.25·L_kl + 0.25·L_fp + L_proto + L_text + L_align) / 2
-    with the weights of ``settings``. The strong view (CutMix of two unlabelled images) is supervised
-    by the fused weak pseudo label mixed with the same box (paper); ``strong_target="strong"`` uses
-    the strong view's own fused prediction instead (official code).
+
+def sigmoid_ramp_up(progress: float, length: float) -> float:
+    """exp(−5·(1 − t)²) for t = progress / length < 1, then 1 (Laine & Aila 2017); 1 when ``length`` is 0."""
+    if length <= 0 or progress >= length:
+        return 1.0
+    t = max(progress, 0.0) / length
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def unisemalign_losses(out: dict, batch: dict, threshold: torch.Tensor, settings: UniSemAlignSettings,
+                       progress: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """All UniSemAlign losses of one step and the updated EMA threshold.
+
+    Total = (w_sup·L_sup + r(t)·(w_s·L_strong + w_kl·L_kl + w_fp·L_fp) + L_proto + L_text + L_align) / 2
+    with the weights of ``settings`` (paper: 0.5, 0.25, 0.25, 0.25 and no ramp) and r(t) the sigmoid
+    ramp-up over the first ``settings.ramp_up`` of training (``progress`` ∈ [0, 1]). The strong view
+    (CutMix of two unlabelled images) is supervised by the fused weak pseudo label mixed with the same
+    box (paper); ``strong_target="strong"`` uses the strong view's own fused prediction instead
+    (official code). Pixels count when their fused confidence reaches the threshold: fixed
+    ``settings.confidence`` or the paper's EMA (``threshold="ema"``).
     """
     s = settings
     losses = labelled_losses(out, batch["mask"], s)
@@ -280,20 +296,22 @@ def unisemalign_losses(out: dict, batch: dict, threshold: torch.Tensor, settings
     conf_w, label_w = fused_pseudo_labels(out["weak"], out.get("weak_pixel"), out, s)
     with torch.no_grad():
         threshold = ema_threshold(threshold, out["weak"], s.threshold_momentum, valid_mix)
+        cut = threshold if s.threshold == "ema" else s.confidence
         conf_mix, label_mix = cutmix(conf_w, box), cutmix(label_w, box)
         probs_mix = cutmix(out["weak"].detach().float().softmax(1), box)
-        keep_mix = (conf_mix >= threshold) & valid_mix
+        keep_mix = (conf_mix >= cut) & valid_mix
         if s.strong_target == "strong":
             conf_s, target_s = fused_pseudo_labels(out["strong"], out.get("strong_pixel"), out, s)
-            keep_s = (conf_s >= threshold) & valid_mix
+            keep_s = (conf_s >= cut) & valid_mix
         else:
             target_s, keep_s = label_mix, keep_mix
-        keep_w = (conf_w >= threshold) & valid
+        keep_w = (conf_w >= cut) & valid
     losses["loss_strong"] = masked_cross_entropy(out["strong"], target_s, keep_s, valid_mix.sum())
     losses["loss_kl"] = kl_consistency(out["strong"], probs_mix, keep_mix, valid_mix.sum())
     losses["loss_fp"] = masked_cross_entropy(out["weak_fp"], label_w, keep_w, valid.sum())
-    weights = {"loss_x": s.sup_weight, "loss_strong": s.strong_weight, "loss_kl": s.kl_weight,
-               "loss_fp": s.fp_weight, "loss_proto": s.proto_weight, "loss_text": s.text_weight,
+    ramp = sigmoid_ramp_up(progress, s.ramp_up)
+    weights = {"loss_x": s.sup_weight, "loss_strong": ramp * s.strong_weight, "loss_kl": ramp * s.kl_weight,
+               "loss_fp": ramp * s.fp_weight, "loss_proto": s.proto_weight, "loss_text": s.text_weight,
                "loss_align": s.align_weight}
     total = sum(weights[k] * v for k, v in losses.items()) / 2.0
     stats = {"threshold": threshold.detach().clone(),
@@ -474,6 +492,7 @@ def build_network(cfg: SemiConfig, space: SemiSpace, row: str, settings: UniSemA
                   out_dir: Path | None = None) -> nn.Module:
     """The row's network: a DeepLabV3+ (references) or a :class:`UniSemAlignNet` around one."""
     segmenter = build_segmenter(segmenter_spec(cfg, space.num_classes), cfg.backbone.pretrained)
+    segmenter.decoder.aspp.set_dropout(cfg.train.aspp_dropout)
     if cfg.backbone.freeze:
         freeze_encoder(segmenter)
     if row in ("supervised", "fully_supervised"):
@@ -562,7 +581,7 @@ def train_row(run: RunContext, row: str, name: str | None = None,
         keep_frozen_in_eval(inner.segmenter, frozen)
         strong = cutmix(batch["strong"], batch["box"].bool())
         out = net(batch["image"], batch["weak"], strong)
-        losses, threshold = unisemalign_losses(out, batch, inner.threshold, settings)
+        losses, threshold = unisemalign_losses(out, batch, inner.threshold, settings, trainer.progress)
         inner.threshold.copy_(threshold)
         return losses
 

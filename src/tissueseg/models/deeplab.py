@@ -31,6 +31,10 @@ class ASPP(nn.Module):
                                         nn.ReLU(inplace=True))
         self.project = nn.Sequential(conv_bn_relu(out_ch * (len(rates) + 2), out_ch), nn.Dropout(dropout))
 
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout rate after the fusing 1×1 conv (no parameters change, so bundles still load)."""
+        self.project[-1].p = p
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = F.interpolate(self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
