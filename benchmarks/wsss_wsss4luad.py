@@ -1,0 +1,184 @@
+"""Weakly supervised methods on real lung adenocarcinoma tissue: WSSS4LUAD validation images (Han et al. 2022).
+
+Only the 31 released validation images with pixel masks are at hand (the training patches are not), so
+the weak labels are derived the way the challenge derived its own: images are split **by image**
+(seeded), training images are cut into ``--crop`` crops (``--stride`` apart) and a crop is tagged
+with every class (tumour, stroma, normal) covering at least ``--min-fraction`` of its tissue
+(background, mask index 3, is not a class and not scored; it becomes 255). Training uses only these
+tags; validation / test images are scored whole with their masks (mIoU over the three classes).
+Rows: the plain reference CAM (``benchmarks/reference_cam.py``, timm ResNet-18, random init, Adam),
+the CAM baseline, MLPS, PLIMSeg (label-trained matcher) and the fully supervised stage 2 on the
+ground-truth masks of the same crops.
+
+    python benchmarks/wsss_wsss4luad.py --scale 0.5 --epochs 12 --decoder-channels 64   # CPU, 2 cores
+
+WSSS4LUAD: Han et al., arXiv 2204.06455 (research use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+
+from tissueseg.config import WSSSConfig
+from tissueseg.data import open_dataset, split_by_case
+from tissueseg.data.io import write_png
+from tissueseg.engine.evaluate import meter_for, summarize_scores
+from tissueseg.engine.run import RunContext
+from tissueseg.methods.mlps import results_table, run_mlps
+from tissueseg.methods.plimseg import run_plimseg
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKGROUND = 3  # WSSS4LUAD mask index of background (not scored)
+
+
+def resized(array: np.ndarray, scale: float, nearest: bool) -> np.ndarray:
+    if scale == 1.0:
+        return array
+    size = (round(array.shape[1] * scale), round(array.shape[0] * scale))
+    return np.asarray(Image.fromarray(array.astype(np.uint8)).resize(size, Image.NEAREST if nearest else Image.BILINEAR))
+
+
+def crop_windows(length: int, crop: int, stride: int) -> list[int]:
+    """Starts of crops covering ``length`` (the last one flush with the end)."""
+    if length <= crop:
+        return [0]
+    starts = list(range(0, length - crop + 1, stride))
+    return starts if starts[-1] == length - crop else [*starts, length - crop]
+
+
+def write_weak_dataset(source: Path, out: Path, scale: float, crop: int, stride: int, min_fraction: float,
+                       seed: int) -> Path:
+    """A `folder`-format dataset: tagged training crops, whole val / test images; background → 255."""
+    if (out / "labels.csv").exists():
+        return out
+    dataset = open_dataset(source, format="wsss4luad", strict=False)
+    records = dataset.split("val").records
+    parts = split_by_case(records, fractions=(0.6, 0.2, 0.2), seed=seed)
+    classes = dataset.info.classes[:BACKGROUND]
+    rows = []
+    for split, chosen in parts.items():
+        for record in chosen:
+            sample = dataset.load(record)
+            image = resized(sample.image, scale, nearest=False)
+            mask = resized(sample.mask, scale, nearest=True).astype(np.int64)
+            mask[mask == BACKGROUND] = 255
+            stem = Path(record.image_path).stem
+            if split != "train":
+                pieces = [(stem, image, mask)]
+            else:
+                pieces = [(f"{stem}_{y}_{x}", image[y:y + crop, x:x + crop], mask[y:y + crop, x:x + crop])
+                          for y in crop_windows(image.shape[0], crop, stride)
+                          for x in crop_windows(image.shape[1], crop, stride)]
+            for name, im, m in pieces:
+                tissue = m != 255
+                if split == "train" and tissue.mean() < 0.1:
+                    continue
+                share = np.bincount(m[tissue], minlength=len(classes))[:len(classes)] / max(tissue.sum(), 1)
+                tags = (share >= min_fraction).astype(int).tolist()
+                write_png(out / "images" / f"{name}.png", im)
+                write_png(out / "masks" / f"{name}.png", m.astype(np.uint8))
+                rows.append([f"{name}.png", *tags, record.case_id.replace("/", "_"), split])
+    with (out / "labels.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", *classes, "case", "split"])
+        writer.writerows(rows)
+    return out
+
+
+def reference_cam_row(run: RunContext, steps: int, seed: int) -> dict:
+    """The plain reference CAM trained on the same tagged crops, scored on the same test images."""
+    from reference_cam import predict_reference_cam, train_reference_cam
+
+    train = [run.dataset.load(r) for r in run.splits["train"]]
+    size = run.config.data.crop_size
+    train = [s for s in train if s.image.shape[:2] == (size, size)]
+    model = train_reference_cam([s.image for s in train], np.stack([s.labels for s in train]).astype(np.float32),
+                                steps=steps, seed=seed)
+    meter = meter_for(run.info)
+    for record in run.splits["test"]:
+        sample = run.dataset.load(record)
+        meter.update(predict_reference_cam(model, sample.image), sample.mask)
+    return {"test": summarize_scores(meter.compute(), run.info)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "wsss4luad")
+    parser.add_argument("--work", type=Path, default=ROOT / ".devdata" / "bench-wsss4luad")
+    parser.add_argument("--scale", type=float, default=1.0, help="downscale images first (CPU budget)")
+    parser.add_argument("--crop", type=int, default=None, help="crop size after scaling (default 224 × scale)")
+    parser.add_argument("--stride", type=int, default=None, help="crop stride (default crop / 2)")
+    parser.add_argument("--min-fraction", type=float, default=0.05, help="share of the crop's tissue to tag a class")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--decoder-channels", type=int, default=256)
+    parser.add_argument("--reference-steps", type=int, default=300)
+    parser.add_argument("--rows", nargs="+", choices=["reference", "mlps", "plimseg"],
+                        default=["reference", "mlps", "plimseg"])
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config overrides for the project's rows, e.g. classifier.lr=0.001")
+    parser.add_argument("--tag", default="", help="suffix of the run folder (for variants)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    crop = args.crop or round(224 * args.scale)
+    stride = args.stride or crop // 2
+    name = f"s{args.scale}_c{crop}_st{stride}_f{args.min_fraction}_seed{args.seed}"
+    data = write_weak_dataset(args.data, args.work / f"data_{name}", args.scale, crop, stride, args.min_fraction,
+                              args.seed)
+    raw = {"out_dir": str(args.work / f"run_{name}_e{args.epochs}{args.tag}"), "seed": args.seed,
+           "device": args.device,
+           "data": {"path": str(data), "format": "folder", "crop_size": crop, "background_detection": False},
+           "backbone": {"name": "efficientnet_lite0", "pretrained": True, "output_stride": 16},
+           "classifier": {"epochs": args.epochs, "batch_size": args.batch_size},
+           "segmenter": {"epochs": args.epochs, "batch_size": args.batch_size,
+                         "decoder_channels": args.decoder_channels}}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        section, field = key.split(".", 1)
+        raw.setdefault(section, {})[field] = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
+    config = WSSSConfig.model_validate(raw)
+    console = Console(width=160)
+    start = time.time()
+    run = RunContext.open(config, console=console)
+    results: dict = {}
+    if "reference" in args.rows:
+        results["reference_cam"] = reference_cam_row(run, args.reference_steps, args.seed)
+    if "mlps" in args.rows:
+        results.update(run_mlps(run, references=True))
+    if "plimseg" in args.rows:
+        plim = config.model_copy(update={"method": "plimseg", "out_dir": Path(config.out_dir) / "plimseg"})
+        results.update(run_plimseg(RunContext.open(plim, console=console)))
+    elapsed = time.time() - start
+    console.print(results_table(results, run.info.label_classes))
+    if "reference_cam" in results:
+        console.print(f"reference CAM (timm resnet18, random init): test mIoU "
+                      f"{100 * results['reference_cam']['test']['miou']:.1f}")
+    full = results.get("supervised", {}).get("test", {}).get("miou")
+    for key in ("reference_cam", "cam", "mlps", "plimseg"):
+        if full and key in results:
+            console.print(f"{key}: {100 * results[key]['test']['miou'] / full:.0f} % of fully supervised mIoU")
+    device = torch.cuda.get_device_name() if run.device.type == "cuda" else f"CPU ({platform.processor() or 'x86_64'})"
+    n_train = len(run.splits["train"])
+    summary = {"weak_labels": f"{n_train} training crops of {crop} px (stride {stride}, scale {args.scale}), a class "
+                              f"tagged when >= {args.min_fraction:.0%} of the crop's tissue; split by image 60/20/20",
+               "epochs": args.epochs, "device": device, "seconds": round(elapsed), "overrides": args.set,
+               "results": results}
+    report = Path(config.out_dir) / "benchmark.json"
+    report.write_text(json.dumps(summary, indent=2, default=str))
+    console.print(f"{device}, {elapsed / 60:.1f} min; details in {report}")
+
+
+if __name__ == "__main__":
+    main()
