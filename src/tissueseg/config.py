@@ -48,6 +48,9 @@ class ClassifierConfig(Section):
     pda_start_epoch: int = 3
     pda_decay: float = 0.985  # paper; the official code uses 0.98
     pda_floor: float = 0.65
+    pda_decay_origin: Literal["zero", "start"] = "zero"  # γ = decay^epoch (official) or decay^(epoch − E0)
+    crop_scale: tuple[float, float] = (1.0, 1.0)  # area of the random resized crop; official: whole patch, flips only
+    select: Literal["last", "val_f1"] = "last"  # the shipped classifier: last epoch (official) or best val F1
 
 
 class PseudoMaskConfig(Section):

@@ -39,6 +39,9 @@ def test_pda_gamma_schedule():
     assert pda_gamma(3, start_epoch=3) == 1.0
     assert pda_gamma(5, start_epoch=3, decay=0.985) == pytest.approx(0.985 ** 2)
     assert pda_gamma(100, start_epoch=3, decay=0.98, floor=0.65) == 0.65
+    # official WSSS-Tissue: γ counts from epoch 0, so it is below 1 at the first PDA epoch
+    assert pda_gamma(3, start_epoch=3, decay=0.98, origin=0) == pytest.approx(0.98 ** 3)
+    assert pda_gamma(2, start_epoch=3, origin=0) is None
 
 
 def test_grad_cam_at_last_layer_equals_cam_over_area_for_gap_linear_head():

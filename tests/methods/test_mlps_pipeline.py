@@ -53,6 +53,9 @@ def test_run_writes_every_output_and_resumes_without_retraining(tiny_config):
     assert list((out / "overlays" / "mlps").glob("*.png"))
     for name in ("classifier", "segmenter", "cam_classifier", "supervised"):
         assert (out / "checkpoints" / f"{name}_best.pt").exists()
+    # the shipped stage-1 classifier is the last epoch's (official code), not the best validation F1's
+    shipped = torch.load(out / "checkpoints" / "classifier_best.pt", weights_only=False)["metrics"]
+    assert shipped["epoch"] == run.config.classifier.epochs
 
     steps_before = step_events(out)
     again = run_mlps(RunContext.open(WSSSConfig.model_validate(config)), references=True)

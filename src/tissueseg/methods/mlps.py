@@ -57,14 +57,16 @@ def progressive_dropout_attention(features: torch.Tensor, classifier_weight: tor
     return features * dropped.mean(dim=1, keepdim=True)
 
 
-def pda_gamma(epoch: int, start_epoch: int = 3, decay: float = 0.985, floor: float = 0.65) -> float | None:
-    """γ for ``epoch`` (0-based): None (PDA off) before ``start_epoch``, then decay^(epoch−E0), ≥ ``floor``.
+def pda_gamma(epoch: int, start_epoch: int = 3, decay: float = 0.985, floor: float = 0.65,
+              origin: int | None = None) -> float | None:
+    """γ for ``epoch`` (0-based): None (PDA off) before ``start_epoch``, then decay^(epoch − origin), ≥ ``floor``.
 
-    The paper decays by 0.985 per epoch; the official code uses 0.98.
+    The paper decays by 0.985 per epoch; the official code uses 0.98 and counts from epoch 0
+    (``origin=0``); ``origin=None`` counts from ``start_epoch`` (γ = 1 at the first PDA epoch).
     """
     if epoch < start_epoch:
         return None
-    return max(floor, decay ** (epoch - start_epoch))
+    return max(floor, decay ** (epoch - (start_epoch if origin is None else origin)))
 
 
 class PDAClassifier(nn.Module):
@@ -254,10 +256,13 @@ def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier"
     trainer = Trainer(model, _train_config(cfg, c), run.out_dir, name=name, console=run.console,
                       param_groups=model.parameter_groups(c.head_lr_mult))
     train_set = SegmentationSamples(run.dataset, run.splits["train"],
-                                    build_train_transforms(cfg.data.crop_size), run.space)
+                                    build_train_transforms(cfg.data.crop_size, scale=tuple(c.crop_scale)), run.space)
+    epoch_now = {"epoch": 0}
 
     def set_gamma(net: nn.Module, epoch: int) -> None:
-        net.gamma = pda_gamma(epoch, c.pda_start_epoch, c.pda_decay, c.pda_floor) if pda else None
+        net.gamma = pda_gamma(epoch, c.pda_start_epoch, c.pda_decay, c.pda_floor,
+                              None if c.pda_decay_origin == "start" else 0) if pda else None
+        epoch_now["epoch"] = epoch
 
     def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         if cam_losses is None:
@@ -268,9 +273,12 @@ def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier"
         return {"loss": classification_weight * cls + sum(terms.values()), "cls": cls, **terms}
 
     def evaluate(net: nn.Module) -> dict[str, float]:
-        return {"val_f1": classification_f1(net, run, run.splits["val"])}
+        # "epochs_trained" grows every epoch, so selecting on it keeps the last epoch (official code)
+        return {"val_f1": classification_f1(net, run, run.splits["val"]),
+                "epochs_trained": float(epoch_now["epoch"] + 1)}
 
-    trainer.fit(train_set, step, evaluate=evaluate, select="val_f1", on_epoch_start=set_gamma)
+    select = "val_f1" if c.select == "val_f1" else "epochs_trained"
+    trainer.fit(train_set, step, evaluate=evaluate, select=select, on_epoch_start=set_gamma)
     return load_best(model, trainer.best_path, trainer.device)
 
 
