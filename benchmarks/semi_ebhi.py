@@ -1,4 +1,4 @@
-"""Semi-supervised benchmark on real EBHI-Seg: binary gland/lesion vs background (UniSemAlign issue).
+"""Semi-supervised benchmark on real EBHI-Seg (or GlaS, ``--format glas``): binary gland/lesion vs background.
 
 Rows per labelled budget (whole training cases, seeded): supervised only, consistency only,
 UniSemAlign (text encoder named) and fully supervised (trained once, the same for every budget);
@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ebhi-seg",
                    help="EBHI-Seg root (default: ../shared/data/ebhi-seg from the repository root)")
+    p.add_argument("--format", default="ebhi-seg", choices=["ebhi-seg", "glas"],
+                   help="glas: ../shared/data/glas, trained on train (validation cases carved out by patient), "
+                        "scored on testA")
     p.add_argument("--labelled", nargs="+", default=["8", "32", "10%", "20%"],
                    help="labelled budgets: image counts (8) or fractions of the training images (10%%)")
     p.add_argument("--epochs", type=int, default=20)
@@ -80,7 +83,8 @@ def budget(spec: str) -> dict:
 def make_config(args: argparse.Namespace, out_dir: Path, labelled: dict | None) -> dict:
     return {
         "method": "unisemalign", "out_dir": str(out_dir), "seed": args.seed, "device": args.device,
-        "data": {"path": str(args.data), "format": "ebhi-seg", "crop_size": args.image_size},
+        "data": {"path": str(args.data), "format": args.format, "crop_size": args.image_size,
+                 **({"test_split": "testA"} if args.format == "glas" else {})},
         "binary": True, **(labelled or {"labelled_fraction": 1.0}),
         "backbone": {"name": args.backbone, "pretrained": not args.no_pretrained, "output_stride": 16,
                      "freeze": args.freeze},
@@ -179,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.format == "glas" and args.data == REPO.parent / "shared" / "data" / "ebhi-seg":
+        args.data = REPO.parent / "shared" / "data" / "glas"
     if not args.data.exists():
-        print(f"error: {args.data}: EBHI-Seg not found (fix: pass --data)", file=sys.stderr)
+        print(f"error: {args.data}: {args.format} data not found (fix: pass --data)", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     if args.scale != 1.0:
-        args.data = rescaled_copy(args.data, args.out / f"data-x{args.scale:g}", args.scale)
+        args.data = rescaled_copy(args.data, args.out / f"data-x{args.scale:g}", args.scale, args.format)
     results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), "rows": []}
     full = None
     if not args.no_full:
@@ -214,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def rescaled_copy(source: Path, target: Path, scale: float) -> Path:
-    """EBHI-Seg with every image (bilinear) and mask (nearest) resized by ``scale``, written once as PNG."""
+def rescaled_copy(source: Path, target: Path, scale: float, data_format: str = "ebhi-seg") -> Path:
+    """EBHI-Seg (or a flat GlaS folder) with every image (bilinear) and mask (nearest) resized by ``scale``,
+    written once as PNG; GlaS's Grade.csv is copied."""
+    import shutil
+
     from PIL import Image
 
     from tissueseg.data.readers import _ebhi_base
@@ -223,16 +232,21 @@ def rescaled_copy(source: Path, target: Path, scale: float) -> Path:
     done = target / "DONE"
     if done.exists():
         return target
-    base = _ebhi_base(source)
-    for path in sorted(base.glob("*/*/*")):
-        if path.parent.name not in ("image", "label") or not path.is_file():
-            continue
-        out = target / "EBHI-SEG" / path.relative_to(base).with_suffix(".png")
+    if data_format == "ebhi-seg":
+        base, out_base = _ebhi_base(source), target / "EBHI-SEG"
+        files = [p for p in sorted(base.glob("*/*/*")) if p.parent.name in ("image", "label") and p.is_file()]
+    else:
+        base, out_base, files = source, target, sorted(p for p in source.iterdir() if p.is_file())
+    for path in files:
+        out = out_base / path.relative_to(base)
         out.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() == ".csv":
+            shutil.copyfile(path, out)
+            continue
         with Image.open(path) as img:
             size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-            resample = Image.NEAREST if path.parent.name == "label" else Image.BILINEAR
-            img.resize(size, resample).save(out)
+            is_mask = path.parent.name == "label" or path.stem.endswith("_anno")
+            img.resize(size, Image.NEAREST if is_mask else Image.BILINEAR).save(out.with_suffix(".png"))
     done.write_text(f"{source} x {scale}\n")
     return target
 

@@ -223,6 +223,7 @@ class UniSemAlignSettings(Section):
     strong_target: Literal["weak", "strong"] = "weak"  # paper: fused weak label; official code: strong's own
     fp_dropout: float = 0.5
     cutmix_prob: float = 0.5
+    clean_bn_statistics: bool = True  # ours: strong / perturbed passes do not update BN running stats (official: they do)
     # Total = Σ weight·loss / 2. Ours: the labelled CE counts 1.0 as in the supervised-only row, and the
     # unlabelled terms ramp up from 0 over the first ``ramp_up`` of training (sigmoid, Laine & Aila 2017).
     # Paper / official: sup 0.5, strong 0.25, kl 0.25, fp 0.25, ramp_up 0, threshold "ema".

@@ -135,6 +135,20 @@ def test_glas_without_grade_csv_warns_and_uses_names_as_cases(tmp_path):
     assert len(ds.problems) == 1 and not ds.problems[0].fatal and "Grade.csv" in str(ds.problems[0].path)
 
 
+def test_glas_without_test_b_opens_and_reports_the_absent_split(tmp_path):
+    for split in ("train", "testA"):  # testB held back, as in ../shared/data/glas
+        rgb(tmp_path / f"{split}_1.jpg")
+        gray(tmp_path / f"{split}_1_anno.png", np.eye(8) * 255)
+    ds = open_dataset(tmp_path, format="glas")
+    assert ds.splits == ["train", "testA"]
+    absent = [p for p in ds.problems if "testB" in p.message]
+    assert len(absent) == 1 and not absent[0].fatal
+    (tmp_path / "train_1.jpg").unlink()
+    (tmp_path / "train_1_anno.png").unlink()
+    with pytest.raises(DatasetError, match="train"):  # the training split stays required
+        open_dataset(tmp_path, format="glas")
+
+
 def test_crag_train_and_valid(tmp_path):
     instances = np.zeros((8, 8), np.uint8)
     instances[2:5, 2:5] = 3
@@ -363,7 +377,7 @@ def test_crag_missing_annotation_folder_and_glas_missing_split(tmp_path):
     with pytest.raises(DatasetError) as info:
         open_dataset(tmp_path / "glas")
     text = messages(info.value.problems)
-    assert "split 'testA' has no images" in text and "split 'testB' has no images" in text
+    assert "split 'testA' has no images" in text and "testB" not in text  # testB may be held back
 
 
 def test_unknown_ambiguous_and_missing_roots(tmp_path):

@@ -52,3 +52,24 @@ def test_sliding_window_equals_full_image_for_a_pointwise_model():
     flipped = predict_probabilities(pointwise, images, flip=True)
     assert torch.allclose(full, flipped, atol=1e-6)  # a pointwise model is flip-equivariant
     assert torch.allclose(full.sum(1), torch.ones(2, 50, 70))
+
+
+def test_named_test_split_without_val_keeps_test_and_carves_val_from_train_cases():
+    from pathlib import Path
+
+    from tissueseg.data.sample import Record, TissueDataset
+    from tissueseg.engine.data import resolve_splits
+
+    records = [Record(Path(f"{split}_{i}.png"), split, f"{split}-p{i // 2}")
+               for split, n in (("train", 40), ("testA", 10)) for i in range(n)]
+    ds = TissueDataset(Path("."), FOLDER, records, [], loader=None)
+    parts = resolve_splits(ds, None, None, "testA", (0.7, 0.15, 0.15), seed=0)
+    assert [r.split for r in parts["test"]] == ["testA"] * 10
+    assert {r.split for r in parts["train"] + parts["val"]} == {"train"}
+    assert len(parts["train"]) + len(parts["val"]) == 40 and 4 <= len(parts["val"]) <= 10
+    assert not {r.case_id for r in parts["train"]} & {r.case_id for r in parts["val"]}
+    # unnamed, the old fallback stays: validation on the test split when only train and test exist
+    records = [Record(r.image_path, "test" if r.split == "testA" else r.split, r.case_id) for r in records]
+    same = resolve_splits(TissueDataset(Path("."), FOLDER, records, [], loader=None), None, None, None,
+                          (0.7, 0.15, 0.15), seed=0)
+    assert same["val"] == same["test"] and len(same["train"]) == 40

@@ -350,6 +350,10 @@ def _scan_glas(root: Path) -> _Scan:
             images[match.group(1)].append(path)
     grades = _glas_grades(root / "Grade.csv", scan.problems)
     for split in _GLAS_SPLITS:
+        if split == "testB" and not images[split]:  # testB is often held back: report it, open the rest
+            scan.problems.append(Problem(root, f"split '{split}' is absent (no {split}_N images)",
+                                         f"nothing to do unless you need {split}: add its images", fatal=False))
+            continue
         for image, mask in _pair(_nonempty(images[split], root, split, scan.problems), masks[split], root,
                                  "error", scan.problems):
             if grades and image.stem not in grades:

@@ -64,12 +64,19 @@ def resolve_splits(dataset: TissueDataset, train: str | None, val: str | None, t
     """Training / validation / test records: the dataset's own splits, else a seeded split by case.
 
     Datasets without a validation split (e.g. EBHI-Seg, one folder) are split by case so no patient
-    is in two parts; validation falls back to the test split when only train and test exist.
+    is in two parts; validation falls back to the test split when only train and test exist. A
+    ``test`` split named explicitly without a validation split (GlaS: ``test_split: testA``) is kept
+    as the test set, and validation cases are carved out of the training split by case.
     """
     from tissueseg.data.splits import split_by_case
 
     have = dataset.splits
     train = train or next((s for s in ("train", "training") if s in have), None)
+    if train in have and test in have and val is None and "val" not in have:
+        pool = [r for r in dataset.records if r.split == train]
+        val_share = fractions[1] / max(fractions[0] + fractions[1], 1e-9)
+        parts = split_by_case(pool, fractions=(1 - val_share, val_share, 0.0), seed=seed)
+        return {"train": parts["train"], "val": parts["val"], "test": [r for r in dataset.records if r.split == test]}
     if train is None or (val is None and "val" not in have and "test" not in have):
         pool = [r for r in dataset.records if r.split == (train or have[0])]
         parts = split_by_case(pool, fractions=tuple(fractions), seed=seed)

@@ -40,7 +40,7 @@ from tissueseg.engine.run import RunContext, write_json
 from tissueseg.engine.trainer import JsonLog, TrainConfig, Trainer, autocast, unwrap
 from tissueseg.metrics.confusion import ConfusionMeter
 from tissueseg.metrics.objects import glas_object_metrics, instances_from_binary
-from tissueseg.models.deeplab import DeepLabV3Plus
+from tissueseg.models.deeplab import DeepLabV3Plus, frozen_bn_statistics
 from tissueseg.models.text import TextBranch, build_text_encoder
 
 if TYPE_CHECKING:
@@ -89,13 +89,17 @@ class UniSemAlignNet(nn.Module):
     embed_dim : D (paper 256).
     fp_dropout : feature-perturbation Dropout2d rate (paper 0.5).
     threshold_init : initial pseudo-label confidence threshold (kept in a buffer, checkpointed).
+    clean_bn_statistics : BatchNorm running statistics (what evaluation uses) come from the clean
+        labelled and weak images only; the strong and feature-perturbed passes normalise with their
+        own batch statistics without updating them (ours; official: every pass updates them).
     """
 
     def __init__(self, segmenter: DeepLabV3Plus, num_classes: int, text: TextBranch | None = None,
                  prototypes: bool = True, embed_dim: int = 256, fp_dropout: float = 0.5,
-                 threshold_init: float = 0.7):
+                 threshold_init: float = 0.7, clean_bn_statistics: bool = True):
         super().__init__()
         self.segmenter = segmenter
+        self.clean_bn_statistics = clean_bn_statistics
         self.num_classes = num_classes
         self.text = text
         self.prototypes = (nn.Parameter(torch.randn(num_classes, embed_dim) / math.sqrt(embed_dim))
@@ -133,17 +137,22 @@ class UniSemAlignNet(nn.Module):
         n_l, n_u = images.shape[0], weak.shape[0]
         feats = seg.encoder(torch.cat([images, weak]))
         low, high = feats[seg.low_level_index], feats[-1]
-        low = torch.cat([low, self.fp_dropout(low[n_l:])])
-        high_all = torch.cat([high, self.fp_dropout(high[n_l:])])
-        logits = self._decode(low, high_all, size)
-        out["labelled"], out["weak"], out["weak_fp"] = logits.split([n_l, n_u, n_u])
+        if self.clean_bn_statistics:
+            out["labelled"], out["weak"] = self._decode(low, high, size).split([n_l, n_u])
+            with frozen_bn_statistics(seg.decoder):
+                out["weak_fp"] = self._decode(self.fp_dropout(low[n_l:]), self.fp_dropout(high[n_l:]), size)
+        else:
+            low = torch.cat([low, self.fp_dropout(low[n_l:])])
+            high_all = torch.cat([high, self.fp_dropout(high[n_l:])])
+            out["labelled"], out["weak"], out["weak_fp"] = self._decode(low, high_all, size).split([n_l, n_u, n_u])
         if self.project is not None:
             out["labelled_pixel"], out["weak_pixel"] = self.project(high).split([n_l, n_u])
         if strong is not None:
-            s_feats = seg.encoder(strong)
-            out["strong"] = self._decode(s_feats[seg.low_level_index], s_feats[-1], size)
-            if self.project is not None:
-                out["strong_pixel"] = self.project(s_feats[-1])
+            with frozen_bn_statistics(self if self.clean_bn_statistics else None):
+                s_feats = seg.encoder(strong)
+                out["strong"] = self._decode(s_feats[seg.low_level_index], s_feats[-1], size)
+                if self.project is not None:
+                    out["strong_pixel"] = self.project(s_feats[-1])
         self._branches(out)
         return out
 
@@ -263,7 +272,7 @@ def fused_pseudo_labels(logits: torch.Tensor, pixel: torch.Tensor | None, out: d
 
 
 PAPER_RECIPE = {"sup_weight": 0.5, "strong_weight": 0.25, "kl_weight": 0.25, "fp_weight": 0.25, "ramp_up": 0.0,
-                "threshold": "ema"}
+                "threshold": "ema", "clean_bn_statistics": False}
 """Settings overrides that restore the paper's / official code's loss weights and EMA threshold."""
 
 
@@ -501,7 +510,7 @@ def build_network(cfg: SemiConfig, space: SemiSpace, row: str, settings: UniSemA
     use_branches = row == "unisemalign"
     text = build_text_branch(cfg, space, out_dir) if use_branches and s.text else None
     return UniSemAlignNet(segmenter, space.num_classes, text, use_branches and s.prototypes, s.embed_dim,
-                          s.fp_dropout, s.threshold_init)
+                          s.fp_dropout, s.threshold_init, s.clean_bn_statistics)
 
 
 def segmenter_of(model: nn.Module) -> DeepLabV3Plus:

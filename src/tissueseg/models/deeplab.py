@@ -7,11 +7,27 @@ shallow (low-level) and deepest (high-level) maps, and a 1×1 conv head gives cl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@contextmanager
+def frozen_bn_statistics(module: nn.Module | None) -> Iterator[None]:
+    """Inside, the BatchNorm layers of ``module`` (None: nothing) still normalise with batch statistics in
+    training mode but leave their running statistics unchanged (momentum 0)."""
+    norms = [] if module is None else [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
