@@ -540,7 +540,9 @@ def tag_crops(dataset: str | os.PathLike, out: str | os.PathLike, options: CropO
     if options.overwrite:
         for sub in ("images", "masks"):
             shutil.rmtree(out / sub, ignore_errors=True)
-    ds = open_dataset(dataset, format=options.format)
+    ds = open_dataset(dataset, format=options.format, strict=False)  # e.g. WSSS4LUAD without its training folder
+    for problem in ds.problems:
+        warn(f"{problem} (its files are left out)" if problem.fatal else str(problem))
     info = ds.info
     label_values = [info.classes.index(c) for c in info.label_classes]
     bg = info.background_index if options.background else None
