@@ -240,3 +240,28 @@ def test_real_svs_with_a_hand_drawn_polygon(tmp_path):
     masks = [read_label_image(out / "masks" / r["image"]) for r in stroma]
     assert any((m == IGNORE).any() and (m == 1).any() for m in masks)
     assert open_dataset(out, format="folder").info.classes == ["epithelium", "stroma"]
+
+
+@pytest.mark.slow
+def test_tiles_dataset_trains_semi_supervised_with_its_unlabelled_tiles(annotated, tmp_path):
+    from rich.console import Console
+
+    from tissueseg.config import SemiConfig
+    from tissueseg.engine.run import RunContext
+    from tissueseg.methods.unisemalign import labelled_records, run_semi
+
+    slide, geojson, _ = annotated
+    tile_slides([slide], [geojson], tmp_path / "ds", options(unlabelled=4))
+    raw = {"data": {"path": str(tmp_path / "ds"), "format": "folder", "crop_size": 32, "val_split": "train",
+                    "test_split": "train"},
+           "labelled_fraction": 1.0,
+           "backbone": {"name": "efficientnet_lite0", "pretrained": False},
+           "train": {"epochs": 1, "batch_size": 2, "lr": 0.01, "decoder_channels": 16, "max_steps_per_epoch": 2},
+           "evaluation": {"window": 32, "stride": 32, "overlays": 0},
+           "text": {"encoder": "learnable"}, "out_dir": str(tmp_path / "run"), "amp": False, "channels_last": False}
+    run = RunContext.open(SemiConfig.model_validate(raw), console=Console(quiet=True))
+    labelled, unlabelled = labelled_records(run)
+    assert labelled and all(r.mask_path is not None for r in labelled)
+    assert len(unlabelled) == 4 and all(r.split == "unlabelled" for r in unlabelled)
+    results = run_semi(run, ["unisemalign"])
+    assert 0.0 <= results["unisemalign"]["test"]["mdice"] <= 1.0
