@@ -56,6 +56,7 @@ def child(args) -> None:
     from tissueseg.slides.annotations import ClassMapping
     from tissueseg.slides.tiles import TileOptions, tile_slides
 
+    rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Python, torch, shapely, …
     options = TileOptions(ClassMapping.parse(",".join(CLASSES)), mpp=args.mpp, tile=args.tile,
                           unlabelled=args.unlabelled)
     t0 = time.perf_counter()
@@ -64,9 +65,10 @@ def child(args) -> None:
     if result.failed:
         raise SystemExit(result.failed[0][1])
     s = next(iter(result.summaries.values()))
-    print(json.dumps({"seconds": elapsed, "annotated": s["tiles_annotated"], "unlabelled": s["tiles_unlabelled"],
-                      "candidates": s["tiles_candidate"], "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                      / 1024}))
+    print(json.dumps({"seconds": elapsed, "setup_s": s["seconds"]["setup"], "tiles_s": s["seconds"]["tiles"],
+                      "annotated": s["tiles_annotated"], "unlabelled": s["tiles_unlabelled"],
+                      "candidates": s["tiles_candidate"], "rss_imports_mb": rss_imports,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def main() -> None:
@@ -111,11 +113,12 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     print(f"\ntiles {args.tile} px at {args.mpp} µm/px, {args.unlabelled} unlabelled per slide; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
-    print("| slide | annotated tiles | unlabelled tiles | seconds | tiles/s | peak RSS (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| slide | annotated tiles | unlabelled tiles | total s | setup s (thumbnail, tissue, GeoJSON) | tiles s "
+          "| tiles/s (tiling) | peak RSS (MiB) | of which imports (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['size']}² | {r['annotated']} | {r['unlabelled']} | {r['seconds']:.1f} | "
-              f"{r['tiles'] / r['seconds']:.1f} | {r['rss_mb']:.0f} |")
+        print(f"| {r['size']}² | {r['annotated']} | {r['unlabelled']} | {r['seconds']:.1f} | {r['setup_s']:.1f} | "
+              f"{r['tiles_s']:.1f} | {r['tiles'] / r['tiles_s']:.1f} | {r['rss_mb']:.0f} | {r['rss_imports_mb']:.0f} |")
 
 
 if __name__ == "__main__":

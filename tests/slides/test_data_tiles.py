@@ -265,3 +265,25 @@ def test_tiles_dataset_trains_semi_supervised_with_its_unlabelled_tiles(annotate
     assert len(unlabelled) == 4 and all(r.split == "unlabelled" for r in unlabelled)
     results = run_semi(run, ["unisemalign"])
     assert 0.0 <= results["unisemalign"]["test"]["mdice"] <= 1.0
+
+
+def test_journal_survives_a_torn_line_and_other_settings_restart(tmp_path):
+    from tissueseg.slides.tiles import _Journal
+
+    path = tmp_path / "s" / "journal.jsonl"
+    j = _Journal(path, {"a": 1})
+    j.add({"x": 1})
+    j.add({"x": 2})
+    j.close()
+    path.write_text(path.read_text() + '{"x": 3')  # a crash mid-line
+    j = _Journal(path, {"a": 1})
+    assert j.rows == [{"x": 1}, {"x": 2}]
+    j.add({"x": 4})
+    j.close()
+    j = _Journal(path, {"a": 1})
+    j.close()
+    assert j.rows == [{"x": 1}, {"x": 2}, {"x": 4}]
+    (tmp_path / "s" / "stale.png").write_bytes(b"")
+    j = _Journal(path, {"a": 2})
+    j.close()
+    assert j.rows == [] and not (tmp_path / "s" / "stale.png").exists()

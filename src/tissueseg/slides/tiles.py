@@ -170,9 +170,13 @@ class _Journal:
     line from a crash is ignored."""
 
     def __init__(self, path: Path, state: dict):
+        """Resume the journal at ``path`` when it was written with ``state``; else clear its folder (the
+        staged tiles of other settings) and start afresh."""
         self.path = path
         self.rows: list[dict] = []
         header = json.loads(json.dumps(state))
+        if not path.exists() and path.parent.exists():
+            shutil.rmtree(path.parent)
         if path.exists():
             lines = path.read_text().splitlines()
             try:
@@ -183,10 +187,13 @@ class _Journal:
                 for line in lines[1:]:
                     try:
                         self.rows.append(json.loads(line))
-                    except ValueError:
+                    except ValueError:  # torn by a crash: drop it and what follows (rewritten below)
                         break
+                with _atomic(path) as tmp:
+                    tmp.write_text("".join(json.dumps(r) + "\n" for r in [header, *self.rows]))
                 self._f = open(path, "a")
                 return
+            shutil.rmtree(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(path, "w")
         self._f.write(json.dumps(header) + "\n")
@@ -228,6 +235,9 @@ def tile_slide(slide: str | os.PathLike, geojson: str | os.PathLike, out: str | 
     from tissueseg.slides.readers import open_slide
     from tissueseg.slides.tissue import TissueIndex, detect_tissue, saturation, saturation_threshold
 
+    import time
+
+    t_start = time.perf_counter()
     slide, geojson, out = Path(slide), Path(geojson), Path(out)
     name = name or slide.stem
     warn = warn or (lambda msg: None)
@@ -291,6 +301,7 @@ def tile_slide(slide: str | os.PathLike, geojson: str | os.PathLike, out: str | 
         free = free[rng.permutation(len(free))]
         candidates = np.flatnonzero(annotated)
 
+        t_tiles = time.perf_counter()
         journal = _Journal(work / "journal.jsonl", state)
         written = {(r["x"], r["y"], r["kind"]) for r in journal.rows}
         n_unlabelled = sum(r["kind"] == "unlabelled" for r in journal.rows)
@@ -379,7 +390,9 @@ def tile_slide(slide: str | os.PathLike, geojson: str | os.PathLike, out: str | 
     summary = {"slide": str(slide), "name": name, "geojson": str(geojson), "dimensions": [width0, height0],
                "slide_mpp": slide_mpp, "mpp": mpp, "tile": t, "stride": stride, "classes": list(classes),
                "annotations": len(annotations), "tiles_annotated": n_annotated, "tiles_unlabelled": n_unlabelled,
-               "tiles_candidate": int(len(candidates)), "skipped": counts, "state": state, "rows": rows}
+               "tiles_candidate": int(len(candidates)), "skipped": counts,
+               "seconds": {"setup": round(t_tiles - t_start, 3), "tiles": round(time.perf_counter() - t_tiles, 3)},
+               "state": state, "rows": rows}
     _write_json(marker, summary)
     shutil.rmtree(work, ignore_errors=True)
     return summary
