@@ -45,7 +45,7 @@ import numpy as np
 from tissueseg.data.io import palette_bytes
 from tissueseg.slides.annotations import (IGNORE, AnnotationError, AnnotationIndex, ClassMapping,
                                           load_annotations)
-from tissueseg.slides.outputs import _FILE_MODE, _atomic
+from tissueseg.slides.outputs import _atomic
 
 STAGING = ".tiles"
 UNLABELLED_SPLIT = "unlabelled"
