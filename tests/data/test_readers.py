@@ -214,6 +214,19 @@ def test_folder_layout_csv_classes_cases_splits_masks(tmp_path):
     assert set(np.unique(sample.mask)) == {0, 1, 2, 255} and sample.labels.tolist() == [1, 0, 0]
 
 
+def test_folder_rows_with_empty_class_cells_are_unlabelled_images_with_case_and_split(tmp_path):
+    rgb(tmp_path / "images" / "t1.png")
+    rgb(tmp_path / "images" / "u1.png")
+    (tmp_path / "labels.csv").write_text("image,tumor,stroma,case,split\nt1.png,1,0,s1,train\n"
+                                         "u1.png,,,s1,unlabelled\n")
+    ds = open_dataset(tmp_path, format="folder")
+    assert ds.problems == []
+    u = next(r for r in ds.records if r.image_path.name == "u1.png")
+    assert u.labels is None and u.case_id == "s1" and u.split == "unlabelled"
+    (tmp_path / "labels.csv").write_text("image,tumor,stroma,case,split\nt1.png,1,,s1,train\nu1.png,,,s1,x\n")
+    assert any("0/1" in str(p) for p in open_dataset(tmp_path, format="folder", strict=False).problems)
+
+
 def test_folder_masks_only_infers_class_names(tmp_path):
     rgb(tmp_path / "images" / "a.png")
     gray(tmp_path / "masks" / "a.png", np.resize([0, 2, 255], (8, 8)))

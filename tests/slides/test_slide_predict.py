@@ -61,6 +61,23 @@ def test_slide_outputs(slide, tmp_path):
     assert Image.open(out / "overlay.png").mode == "RGB"
 
 
+def test_polygon_tolerance_simplifies_the_geojson(slide, tmp_path):
+    from tissueseg.slides.predict import polygon_tolerance
+
+    assert polygon_tolerance(None, 0.5, 1.0) == 4.0 and polygon_tolerance(None, 0.25, 16.0) == 16.0
+    assert polygon_tolerance(1.0, 0.5, 8.0) == 2.0 and polygon_tolerance(0.0, 0.5, 8.0) == 0.0
+    assert polygon_tolerance(3.0, None, 8.0) == 3.0 and polygon_tolerance(None, None, 8.0) == 8.0
+    model = PixelPredictor(tile_size=128)
+    exact = predict_slide(model, slide, tmp_path / "exact", PredictOptions(**FAST, polygon_tolerance=0))
+    simple = predict_slide(model, slide, tmp_path / "simple", PredictOptions(**FAST, polygon_tolerance=4))
+    assert exact["geojson"]["tolerance_level0_px"] == 0 and simple["geojson"]["tolerance_level0_px"] == 8
+    assert simple["geojson"]["vertices"] <= exact["geojson"]["vertices"]  # (reduction: test_annotations.py)
+    assert simple["geojson"]["bytes"] == (tmp_path / "simple" / "classes.geojson").stat().st_size
+    areas = [sum(_area(p) for f in json.loads((tmp_path / d / "classes.geojson").read_text())["features"]
+                 for p in f["geometry"]["coordinates"]) for d in ("exact", "simple")]
+    assert areas[1] == pytest.approx(areas[0], rel=0.02)
+
+
 def _area(poly):
     def ring_area(r):
         a = np.asarray(r)

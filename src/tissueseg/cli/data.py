@@ -1,4 +1,4 @@
-"""`tissueseg data check | synth`."""
+"""`tissueseg data check | synth | tiles | tag-crops`."""
 
 from __future__ import annotations
 
@@ -62,3 +62,98 @@ def write_synthetic(out: Path, n_train: int, n_val: int, n_test: int, size: int,
     return out
 
 
+
+@data_app.command("tiles")
+def data_tiles(
+    slides: Annotated[list[Path], typer.Argument(help="Annotated slides (SVS, NDPI, MRXS, pyramidal TIFF…) or "
+                                                      "folders of them; case id = slide name.")],
+    annotations: Annotated[list[Path], typer.Option(
+        "--annotations", "-a", help="QuPath GeoJSON exports (File > Export objects as GeoJSON), or folders of "
+                                    "them, named after the slides (<slide stem>.geojson); repeat the option.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (`folder` format).")],
+    classes: Annotated[str, typer.Option(
+        help="Dataset classes in order, mapping QuPath class names: 'tumour,stroma' or "
+             "'Tumor=tumour,Stroma=stroma,Other=ignore' ('ignore' drops a class), or a CSV file "
+             "(QuPath class,dataset class).")],
+    mpp: Annotated[float | None, typer.Option(
+        help="Microns per pixel of the tiles (default: each slide's level-0 resolution).")] = None,
+    slide_mpp: Annotated[float | None, typer.Option(
+        help="Level-0 microns per pixel of the slides, for slides without it in their metadata.")] = None,
+    tile: Annotated[int, typer.Option(help="Tile side in pixels at --mpp.")] = 224,
+    stride: Annotated[int | None, typer.Option(help="Step between tiles in pixels (default: --tile).")] = None,
+    tag_min_area: Annotated[float, typer.Option(
+        help="A class is tagged when its annotations cover this fraction of the tile's tissue.")] = 0.05,
+    min_tissue: Annotated[float, typer.Option(help="Skip tiles with less tissue than this fraction.")] = 0.25,
+    unlabelled: Annotated[int, typer.Option(
+        help="Unannotated tissue tiles per slide to add as unlabelled images (seeded; split 'unlabelled').")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the unlabelled tiles' choice.")] = 0,
+    split: Annotated[str, typer.Option(help="Split of these slides' tiles (train, val, test…); run again with "
+                                            "other slides and --split val to add a validation set.")] = "train",
+    detections: Annotated[bool, typer.Option(
+        help="Also read detections and cells (default: annotations only).")] = False,
+    reader: Annotated[str, typer.Option(help="Slide reader: auto, openslide, tiff or image.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Redo slides that are already finished.")] = False,
+) -> None:
+    """Cut annotated slides into a training set: tagged tiles, their masks (255 = unannotated), unlabelled tiles.
+
+    Writes OUT/images/, OUT/masks/, labels.csv (patch-level tags; empty cells = unlabelled), tiles.csv
+    (slide, level-0 x/y, MPP of every tile) and dataset.json. Glass is skipped. Rerun to resume:
+    finished slides are skipped; a slide that fails is listed at the end and the exit code is 1.
+    """
+    from tissueseg.slides.annotations import ClassMapping
+    from tissueseg.slides.tiles import TileOptions, tile_slides
+
+    with user_errors():
+        options = TileOptions(ClassMapping.parse(classes), mpp=mpp, slide_mpp=slide_mpp, tile=tile, stride=stride,
+                              tag_min_area=tag_min_area, min_tissue=min_tissue, unlabelled=unlabelled, seed=seed,
+                              split=split, reader=reader, overwrite=overwrite,
+                              object_types=("annotation", "detection", "cell") if detections else ("annotation",))
+        with progress_bar() as bar:
+            def factory(slide: Path):
+                task = bar.add_task(slide.name, total=None)
+                return lambda done, total: bar.update(task, completed=done, total=total)
+
+            result = tile_slides(slides, annotations, out, options, progress_factory=factory,
+                                 log=lambda m: bar.console.print(m, highlight=False, markup=False))
+    annotated = sum(s.get("tiles_annotated", 0) for s in result.summaries.values())
+    free = sum(s.get("tiles_unlabelled", 0) for s in result.summaries.values())
+    console.print(f"{len(result.done)} slides tiled, {len(result.skipped)} already finished, {len(result.failed)} "
+                  f"failed: {annotated} annotated + {free} unlabelled tiles in {out}", highlight=False)
+    if result.done or result.skipped:
+        console.print(f"check it with: tissueseg data check {out} --format folder", highlight=False)
+    if result.failed:
+        console.print("[red]failed slides:[/red]")
+        for _, msg in result.failed:
+            console.print(f"  {msg}", highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+@data_app.command("tag-crops")
+def data_tag_crops(
+    dataset: Annotated[Path, typer.Argument(help="A dataset with masks (e.g. ../shared/data/wsss4luad, EBHI-Seg).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (`folder` format).")],
+    crop: Annotated[int, typer.Option(help="Crop side in pixels.")] = 224,
+    stride: Annotated[int | None, typer.Option(help="Step between crops (default: --crop).")] = None,
+    tag_min_area: Annotated[float, typer.Option(
+        help="A class is tagged when it covers this fraction of the crop's tissue.")] = 0.05,
+    min_tissue: Annotated[float, typer.Option(help="Skip crops with less tissue than this fraction.")] = 0.0,
+    background: Annotated[bool, typer.Option(
+        "--background/--no-background", help="Tag background as a class of its own (when the dataset has one).")]
+    = True,
+    format: Annotated[str, typer.Option("--format", "-f", help=f"Dataset format: {FORMATS}.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Rewrite the crops.")] = False,
+) -> None:
+    """Tagged crops of a masked dataset: patch-level tags (as `data tiles` computes them) plus the crops' masks."""
+    from tissueseg.slides.tiles import CropOptions, tag_crops
+
+    with user_errors():
+        with progress_bar() as bar:
+            task = bar.add_task(f"cropping {dataset.name}", total=None)
+            summary = tag_crops(dataset, out, CropOptions(crop=crop, stride=stride, tag_min_area=tag_min_area,
+                                                          min_tissue=min_tissue, background=background,
+                                                          format=format, overwrite=overwrite),
+                                progress=lambda i, n: bar.update(task, completed=i, total=n),
+                                warn=lambda m: bar.console.print(m, highlight=False, markup=False))
+    tags = ", ".join(f"{c} {n}" for c, n in summary["tag_frequencies"].items())
+    console.print(f"{summary['crops']} crops of {summary['images']} images in {out} (crops per tag: {tags})",
+                  highlight=False)

@@ -36,6 +36,9 @@ def predict(
         help="Mark pixels outside the tissue mask as not analysed (default: only for models "
              "without a background class).")] = None,
     reader: Annotated[str, typer.Option(help="auto, openslide, tiff or image.")] = "auto",
+    polygon_tolerance: Annotated[float | None, typer.Option(
+        help="µm the GeoJSON outlines may deviate from the class map (simplification; 0 = exact pixel edges; "
+             "level-0 px for slides without an MPP). Default: 2 µm, at least one pixel of the traced map.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo slides that are already finished.")] = False,
 ) -> None:
     """Segment slides and images with a trained model; rerun to resume, finished slides are skipped.
@@ -52,7 +55,8 @@ def predict(
     rank, world, _ = distributed_env()
     options = PredictOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, workers=workers,
                              device=device, flip=flip, slide_mpp=mpp, target_mpp=target_mpp,
-                             tissue_detection=tissue, mask_glass=mask_glass, reader=reader, overwrite=overwrite)
+                             tissue_detection=tissue, mask_glass=mask_glass, reader=reader, overwrite=overwrite,
+                             polygon_tolerance=polygon_tolerance)
     if world > 1 and not dist.is_initialized():
         # only to gather the failure lists at the end; gloo works next to any GPU setup
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))

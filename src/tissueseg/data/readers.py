@@ -51,7 +51,8 @@ Formats (``open_dataset(path, format=...)``; ``"auto"`` detects them from the tr
 
     - ``image``: the file name in ``images/`` (the stem alone also works).
     - one 0/1 column per class: the class names and their order come from the header;
-      these are the image-level labels.
+      these are the image-level labels. A row whose class cells are all empty is an
+      unlabelled image that still has a case and a split.
     - ``case``: patient / slide id for case-level splits (default: the image stem).
     - ``split``: any split name, e.g. train / val / test (default: ``all``; use
       :func:`tissueseg.data.split_by_case` to make one).
@@ -430,6 +431,10 @@ def _labels_csv(path: Path, problems: list[Problem]) -> tuple[list[str], dict[st
         if not any(cell.strip() for cell in row):
             continue
         cells = dict(zip(header, (cell.strip() for cell in row)))
+        if len(row) == len(header) and not any(row[i].strip() for i in class_columns):
+            # all class cells empty: an unlabelled image (semi-supervised pool) that still has a case and split
+            entries[cells["image"]] = {"labels": None, "case": cells.get("case"), "split": cells.get("split")}
+            continue
         try:
             if len(row) != len(header):
                 raise _LabelError(f"label vector of wrong length ({len(row)} fields, header has {len(header)})")

@@ -439,7 +439,11 @@ def labelled_records(run: RunContext) -> tuple[list[Record], list[Record]]:
     cfg: SemiConfig = run.config
     train = run.splits["train"]
     with_mask = [r for r in train if r.mask_path is not None]
-    without = [r for r in train if r.mask_path is None]
+    # images of a split named "unlabelled" (the unannotated tiles of `tissueseg data tiles`) from training cases
+    # join the unlabelled pool
+    cases = {r.case_id for r in train}
+    without = [r for r in train if r.mask_path is None] + [
+        r for r in run.dataset.records if r.split == "unlabelled" and r.mask_path is None and r.case_id in cases]
     if cfg.labelled_fraction is not None or cfg.labelled_count is not None:
         if not with_mask:
             raise DatasetError([Problem(Path(cfg.data.path), "no training image has a mask to label",

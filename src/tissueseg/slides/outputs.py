@@ -196,6 +196,8 @@ def downsampled_map(store: ChunkStore, factor: int) -> np.ndarray:
 
 
 # --- polygons and GeoJSON ----------------------------------------------------------------------------
+# Traced and written by tissueseg.slides.annotations (rasterio + shapely); these wrappers keep the ring-array
+# form ([[outer (N, 2), hole, …], …]) for callers that want plain arrays.
 
 def _ring_area(ring: np.ndarray) -> float:
     """Signed shoelace area of an (N, 2) ring (x, y), closed or not."""
@@ -203,74 +205,29 @@ def _ring_area(ring: np.ndarray) -> float:
     return 0.5 * float(x[:-1] @ y[1:] - x[1:] @ y[:-1] + x[-1] * y[0] - x[0] * y[-1])
 
 
-def _drop_collinear(ring: np.ndarray) -> np.ndarray:
-    """Remove vertices on straight runs of a closed ring (marching squares emits one per half pixel)."""
-    pts = ring[:-1] if len(ring) > 1 and (ring[0] == ring[-1]).all() else ring
-    if len(pts) < 4:
-        return ring
-    ext = np.concatenate([pts[-1:], pts, pts[:1]])
-    d_in, d_out = ext[1:-1] - ext[:-2], ext[2:] - ext[1:-1]
-    kept = pts[np.abs(d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]) > 1e-9]
-    if len(kept) < 3:
-        return ring
-    return np.concatenate([kept, kept[:1]])
+def _rings(poly) -> list[np.ndarray]:
+    return [np.asarray(poly.exterior.coords)] + [np.asarray(h.coords) for h in poly.interiors]
+
+
+def _polygon(rings: list[np.ndarray]):
+    from shapely.geometry import Polygon
+
+    return Polygon(rings[0], rings[1:])
 
 
 def iter_class_polygons(class_map: np.ndarray, classes: Sequence[int], scale: float = 1.0,
-                        min_pixels: int = 0) -> Iterator[tuple[int, list[list[np.ndarray]]]]:
+                        min_pixels: int = 0, tolerance: float = 0.0) -> Iterator[tuple[int, list[list[np.ndarray]]]]:
     """Polygons (with holes) of each class region, one class at a time: ``(class, [[outer, hole, …], …])``.
 
     Rings are closed (N, 2) float arrays of (x, y) in units of ``scale`` px per map pixel, with
-    pixel (i, j) covering [j, j+1) × [i, i+1). Regions are 4-connected; boundaries follow pixel
-    edges (marching squares at 0.5 on the padded binary mask, corners cut diagonally), so a
-    polygon's area is its pixel count up to ⅛ px per corner. With ``min_pixels`` > 1, regions and
-    holes smaller than that are dropped/filled first (speckle would otherwise make millions of
-    polygons).
+    pixel (i, j) covering [j, j+1) × [i, i+1); exteriors counter-clockwise, holes clockwise.
+    :func:`tissueseg.slides.annotations.class_geometries` traces them (rasterio, 4-connected,
+    along pixel edges, optionally simplified to ``tolerance``).
     """
-    from scipy import ndimage
-    from skimage.measure import find_contours
-    from skimage.morphology import remove_small_holes, remove_small_objects
+    from tissueseg.slides.annotations import class_geometries
 
-    class_map = np.asarray(class_map)
-    for k in classes:
-        mask = class_map == k
-        if not mask.any():
-            continue
-        if min_pixels > 1:
-            mask = remove_small_objects(mask, max_size=min_pixels - 1, connectivity=1)
-            mask = remove_small_holes(mask, max_size=min_pixels - 1, connectivity=1)
-            if not mask.any():
-                continue
-        mask = np.pad(mask, 1)
-        labels, _ = ndimage.label(mask)  # 4-connected, like find_contours' default for the high side
-        outer: dict[int, np.ndarray] = {}
-        holes: list[tuple[int, np.ndarray]] = []
-        for contour in find_contours(mask.astype(np.float32), 0.5, positive_orientation="high"):
-            if len(contour) < 4:
-                continue
-            # every vertex sits between a region pixel and a background pixel: find the region's label
-            r, c = contour[0]
-            if r == int(r):
-                a, b = (int(r), int(np.floor(c))), (int(r), int(np.ceil(c)))
-            else:
-                a, b = (int(np.floor(r)), int(c)), (int(np.ceil(r)), int(c))
-            label = labels[a] or labels[b]
-            if not label:
-                continue
-            # padded-map (row, col) of pixel centres → (x, y) with pixel edges at integers
-            ring = _drop_collinear(contour[:, ::-1] - 0.5)
-            area = _ring_area(ring)
-            # (row, col) → (x, y) flips orientation: outer rings have negative area in (x, y)
-            if area < 0:
-                outer[label] = ring * scale
-            elif area > 0:
-                holes.append((label, ring * scale))
-        polys = {label: [ring] for label, ring in outer.items()}
-        for label, hole in holes:
-            if label in polys:
-                polys[label].append(hole)
-        if polys:
-            yield k, list(polys.values())
+    for k, polys in class_geometries(class_map, classes, scale, min_pixels, tolerance):
+        yield k, [_rings(p) for p in polys]
 
 
 def class_polygons(class_map: np.ndarray, classes: Sequence[int], scale: float = 1.0,
@@ -284,28 +241,12 @@ def polygon_area(poly: list[np.ndarray]) -> float:
     return abs(_ring_area(poly[0])) - sum(abs(_ring_area(h)) for h in poly[1:])
 
 
-def _geojson_rings(poly: list[np.ndarray]) -> list:
-    rings = []
-    for i, ring in enumerate(poly):
-        # GeoJSON orientation (y up): exterior counter-clockwise, holes clockwise
-        if (_ring_area(ring) > 0) != (i == 0):
-            ring = ring[::-1]
-        pts = np.round(ring, 2).tolist()
-        if pts[0] != pts[-1]:
-            pts.append(pts[0])
-        rings.append(pts)
-    return rings
-
-
 def geojson_feature(k: int, polys: list[list[np.ndarray]], class_names: Sequence[str],
                     palette: Sequence[RGB]) -> dict:
     """One QuPath annotation: a MultiPolygon with the classification name and colour."""
-    colour = [int(c) for c in palette[k]] if k < len(palette) else [0, 0, 0]
-    return {"type": "Feature",
-            "geometry": {"type": "MultiPolygon", "coordinates": [_geojson_rings(p) for p in polys]},
-            "properties": {"objectType": "annotation", "name": class_names[k],
-                           "classification": {"name": class_names[k], "color": colour},
-                           "isLocked": False, "classIndex": int(k)}}
+    from tissueseg.slides import annotations
+
+    return annotations.geojson_feature(k, [_polygon(p) for p in polys], class_names, palette)
 
 
 def geojson_features(polygons: dict[int, list[list[np.ndarray]]], class_names: Sequence[str],
@@ -318,18 +259,12 @@ def geojson_features(polygons: dict[int, list[list[np.ndarray]]], class_names: S
 
 def write_geojson(path: str | os.PathLike, polygons: Iterator[tuple[int, list[list[np.ndarray]]]],
                   class_names: Sequence[str], palette: Sequence[RGB], max_polygons: int = 5000) -> Path:
-    """Stream a FeatureCollection to ``path`` (atomic): per class, MultiPolygon annotations of at most
-    ``max_polygons`` polygons each, so memory holds one class's outlines at most."""
-    with _atomic(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write('{"type": "FeatureCollection", "features": [\n')
-            first = True
-            for k, polys in polygons:
-                for i in range(0, len(polys), max_polygons):
-                    f.write(("" if first else ",\n")
-                            + json.dumps(geojson_feature(k, polys[i:i + max_polygons], class_names, palette)))
-                    first = False
-            f.write("\n]}\n")
+    """Stream a FeatureCollection of ring-array polygons to ``path`` (atomic), see
+    :func:`tissueseg.slides.annotations.write_geojson`."""
+    from tissueseg.slides import annotations
+
+    annotations.write_geojson(path, ((k, [_polygon(p) for p in polys]) for k, polys in polygons), class_names,
+                              palette, max_polygons)
     return Path(path)
 
 

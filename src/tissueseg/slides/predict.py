@@ -37,9 +37,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from tissueseg.engine.trainer import autocast, resolve_device
-from tissueseg.slides.outputs import (NO_TISSUE, ChunkStore, area_table, downsampled_map, iter_class_polygons,
-                                      overlay_image, palette_colormap, write_area_csv, write_geojson, write_image,
-                                      write_json, write_pyramidal_tiff, write_report)
+from tissueseg.slides.annotations import class_geometries, write_geojson
+from tissueseg.slides.outputs import (NO_TISSUE, ChunkStore, area_table, downsampled_map, overlay_image,
+                                      palette_colormap, write_area_csv, write_image, write_json, write_pyramidal_tiff,
+                                      write_report)
 from tissueseg.slides.readers import SLIDE_SUFFIXES, SlideError, SlideReader, open_slide
 from tissueseg.slides.tiling import (BlendAccumulator, SlideTileDataset, TileGrid, _save_npy, blend_window,
                                      collate_tiles)
@@ -74,6 +75,8 @@ class PredictOptions:
     thumbnail_size: int = 1024  # longer side of thumbnail.png / overlay.png
     polygon_max_size: int = 4096  # the GeoJSON is traced on the class map downsampled to at most this side
     min_polygon_pixels: int = 4  # smaller regions (in that downsampled map) are not exported
+    polygon_tolerance: float | None = None  # µm the GeoJSON outlines may deviate by (level-0 px without an MPP);
+    #                                         default: 2 µm and at least one pixel of the traced map; 0: exact
     tiff_tile: int = 256
     overwrite: bool = False  # redo finished slides instead of skipping them
 
@@ -115,6 +118,15 @@ def resolve_geometry(reader: SlideReader, model_mpp: float | None, options: Pred
     height = max(1, int(math.floor(height0 / scale + 1e-6)))
     mpp = slide_mpp * scale if slide_mpp else None
     return SlideGeometry(width0, height0, slide_mpp, scale, width, height, mpp, notes)
+
+
+def polygon_tolerance(tolerance_um: float | None, slide_mpp: float | None, traced_pixel: float) -> float:
+    """Simplification tolerance in level-0 px: ``tolerance_um`` converted with the slide's MPP (taken as
+    level-0 px without one); by default 2 µm, and never less than one pixel of the map the polygons are
+    traced on (``traced_pixel`` level-0 px), whose staircase edges would otherwise stay in the file."""
+    if tolerance_um is not None:
+        return tolerance_um / slide_mpp if slide_mpp else tolerance_um
+    return max(2.0 / slide_mpp if slide_mpp else 0.0, traced_pixel)
 
 
 def model_fingerprint(predictor: torch.nn.Module) -> str:
@@ -334,9 +346,11 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
         while max(grid.width, grid.height) / factor > options.polygon_max_size:
             factor *= 2
         small = downsampled_map(store, factor)
-        write_geojson(out_dir / "classes.geojson", iter_class_polygons(small, range(num_classes), scale=factor * s,
-                                                                      min_pixels=options.min_polygon_pixels),
-                      names, palette)
+        tolerance = polygon_tolerance(options.polygon_tolerance, geom.slide_mpp, factor * s)
+        geojson = write_geojson(out_dir / "classes.geojson",
+                                class_geometries(small, range(num_classes), scale=factor * s,
+                                                 min_pixels=options.min_polygon_pixels, tolerance=tolerance),
+                                names, palette)
         table = area_table(counts, names, geom.mpp, meta.background_index, palette)
         write_json(out_dir / "areas.json", {"slide": str(path), **table})
         write_area_csv(out_dir / "areas.csv", table)
@@ -352,6 +366,7 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
             "scale": round(geom.scale, 6), "working_size": [grid.width, grid.height], "tile": tile,
             "overlap": overlap, "tiles_total": int(len(all_tiles)), "tiles_tissue": int(len(tiles)),
             "tiles_this_run": int(len(todo)), "chunks": rows * cols, "chunks_resumed": len(done),
+            "geojson": {**geojson, "tolerance_level0_px": round(tolerance, 3), "traced_at_downsample": factor * s},
             "flip": options.flip, "mask_glass": mask_glass, "device": str(device), "method": meta.method,
             "classes": names, "model": state["model"], "notes": geom.notes,
             "seconds": {"setup": round(t_predict - t0, 3), "predict": round(t_write - t_predict, 3),

@@ -15,10 +15,18 @@ from skimage.morphology import remove_small_holes, remove_small_objects
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation in [0, 1] of an (H, W, 3) uint8 image; black pixels (pen, scanner edges) count as 0."""
-    rgb = rgb.astype(np.float32)
-    hi = rgb.max(axis=-1)
-    lo = rgb.min(axis=-1)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # channel-wise: a reduction over the last axis is slow
+    hi = np.maximum(np.maximum(r, g), b).astype(np.float32)
+    lo = np.minimum(np.minimum(r, g), b).astype(np.float32)
     return np.where(hi > 0, (hi - lo) / np.maximum(hi, 1.0), 0.0).astype(np.float32)
+
+
+def saturation_threshold(sat: np.ndarray, min_threshold: float = 0.04, max_threshold: float = 0.15) -> float:
+    """Otsu's threshold of a saturation image clamped to [min_threshold, max_threshold] (the tissue/glass cut
+    :func:`detect_tissue` uses; apply it to full-resolution tiles to measure their tissue)."""
+    if sat.size == 0 or float(sat.max() - sat.min()) < 1e-3:
+        return min_threshold
+    return float(np.clip(threshold_otsu(sat), min_threshold, max_threshold))
 
 
 def detect_tissue(thumbnail: np.ndarray, min_threshold: float = 0.04, max_threshold: float = 0.15,
@@ -36,11 +44,7 @@ def detect_tissue(thumbnail: np.ndarray, min_threshold: float = 0.04, max_thresh
     sat = saturation(thumbnail)
     if sat.size == 0:
         return np.zeros(sat.shape, dtype=bool)
-    if float(sat.max() - sat.min()) < 1e-3:
-        threshold = min_threshold
-    else:
-        threshold = float(np.clip(threshold_otsu(sat), min_threshold, max_threshold))
-    mask = sat > threshold
+    mask = sat > saturation_threshold(sat, min_threshold, max_threshold)
     if min_object_size > 1:
         mask = remove_small_objects(mask, max_size=min_object_size - 1)
     if hole_size > 1:

@@ -1,0 +1,443 @@
+"""QuPath GeoJSON in and out: reading annotations, rasterising them per tile, tracing class maps to polygons.
+
+One module serves both directions, so what ``tissueseg predict`` writes is exactly what
+``tissueseg data tiles`` reads:
+
+* **in** — :func:`load_annotations` reads a QuPath export (a ``FeatureCollection``, a single
+  ``Feature`` or the bare list of features older QuPath versions write) with shapely: ``Polygon``
+  and ``MultiPolygon`` with holes, the ``classification`` name and colour, annotations only by
+  default (detections and cells are skipped). Class names go through a :class:`ClassMapping`
+  (``--classes``), self-intersecting polygons are repaired with :func:`shapely.make_valid`, parts
+  outside the slide are clipped. Every message names the file and the feature.
+* **tiles** — :class:`AnnotationIndex` answers "which tiles touch an annotation" for whole grids
+  at once (an STR tree) and rasterises the annotations of one tile window with
+  :func:`rasterio.features.rasterize` (pixel centres inside a polygon, holes respected; later
+  features paint over earlier ones), so memory never holds a whole-slide mask.
+* **out** — :func:`class_geometries` traces a class map with :func:`rasterio.features.shapes`
+  (4-connected regions, holes kept, pixel edges at integers) and simplifies the outlines with
+  shapely to a tolerance; :func:`write_geojson` streams them as QuPath annotations (one
+  ``MultiPolygon`` per class and chunk, classification name and colour).
+
+Coordinates are level-0 pixels, x right, y down, pixel (i, j) covering [j, j+1) × [i, i+1): QuPath's
+convention.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IGNORE = 255  # mask value of unannotated pixels and of classes mapped to "ignore"
+UNCLASSIFIED = "Unclassified"  # the name QuPath shows for annotations without a class
+RGB = tuple[int, int, int]
+Warn = Callable[[str], None]
+
+
+class AnnotationError(ValueError):
+    """Annotations that cannot be used; the message names the file, the feature and the fix."""
+
+
+# --- --classes ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClassMapping:
+    """Which QuPath class becomes which dataset class.
+
+    ``classes`` are the dataset's classes in order (mask value = position); ``mapping`` takes a
+    QuPath class name (case-insensitive) to a position, or to None for classes mapped to ``ignore``.
+    """
+
+    classes: tuple[str, ...]
+    mapping: dict[str, int | None]
+
+    @classmethod
+    def parse(cls, spec: str | os.PathLike | Sequence[str]) -> "ClassMapping":
+        """From ``--classes``: a comma-separated list, or a CSV file.
+
+        List items are a class name (``tumour``: QuPath class "Tumour" → dataset class "tumour") or
+        ``QUPATH=DATASET`` (``Tumor=tumour``), with ``DATASET`` = ``ignore`` to drop a class
+        (``Other=ignore``). A CSV has two columns, QuPath class and dataset class (``ignore`` to
+        drop; a header row ``annotation,class`` is optional), or one column of class names.
+        Dataset classes are numbered in order of first appearance.
+        """
+        if isinstance(spec, (str, os.PathLike)) and Path(spec).suffix.lower() == ".csv":
+            path = Path(spec)
+            if not path.is_file():
+                raise AnnotationError(f"{path}: --classes CSV not found (fix: check the path, or pass the classes "
+                                      f"as a list: --classes tumour,stroma,Other=ignore)")
+            with path.open(newline="", encoding="utf-8-sig") as handle:
+                rows = [[c.strip() for c in row] for row in csv.reader(handle) if any(c.strip() for c in row)]
+            if rows and [c.lower() for c in rows[0][:2]] in (["annotation", "class"], ["qupath", "class"],
+                                                              ["name", "class"], ["class"]):
+                rows = rows[1:]
+            pairs = []
+            for line, row in enumerate(rows, start=1):
+                if len(row) > 2 or not row[0]:
+                    raise AnnotationError(f"{path}: row {line} {row}: expected 'QuPath class,dataset class' "
+                                          f"or one class name")
+                pairs.append((row[0], row[1] if len(row) == 2 and row[1] else row[0]))
+            where = str(path)
+        else:
+            items = [s for s in (spec.split(",") if isinstance(spec, str) else spec)]
+            pairs = []
+            for item in (s.strip() for s in items):
+                if not item:
+                    continue
+                src, _, dst = item.partition("=")
+                pairs.append((src.strip(), (dst or src).strip()))
+            where = "--classes"
+        classes: list[str] = []
+        mapping: dict[str, int | None] = {}
+        for src, dst in pairs:
+            if not src or not dst:
+                raise AnnotationError(f"{where}: empty class name in {src}={dst}")
+            if dst.lower() == "ignore":
+                mapping[src.lower()] = None
+                continue
+            if dst not in classes:
+                classes.append(dst)
+            if src.lower() in mapping and mapping[src.lower()] != classes.index(dst):
+                raise AnnotationError(f"{where}: QuPath class '{src}' is mapped twice")
+            mapping[src.lower()] = classes.index(dst)
+            mapping.setdefault(dst.lower(), classes.index(dst))
+        if not classes:
+            raise AnnotationError(f"{where}: no dataset classes (fix: e.g. --classes tumour,stroma or "
+                                  f"--classes Tumor=tumour,Stroma=stroma,Other=ignore)")
+        if len(classes) >= IGNORE:
+            raise AnnotationError(f"{where}: {len(classes)} classes do not fit a uint8 mask (at most {IGNORE - 1})")
+        return cls(tuple(classes), mapping)
+
+    def lookup(self, name: str) -> int | None:
+        """Dataset class index of a QuPath class name, None if ignored; KeyError if not mapped."""
+        return self.mapping[name.strip().lower()]
+
+
+# --- reading -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Annotation:
+    """One QuPath annotation: a (Multi)Polygon in level-0 pixels with its class."""
+
+    geometry: object  # shapely Polygon / MultiPolygon
+    name: str  # QuPath class name
+    label: int | None  # dataset class index; None: mapped to ignore (painted as IGNORE)
+    colour: RGB | None
+    feature: str  # "feature 3 (id …, name …)" for messages
+
+
+def _features(data, path: Path) -> list:
+    if isinstance(data, list):  # QuPath ≤ 0.2 exports a bare list of features
+        return data
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path}: not GeoJSON (top level is {type(data).__name__}) "
+                              f"(fix: export from QuPath with File > Export objects as GeoJSON)")
+    kind = data.get("type")
+    if kind == "FeatureCollection":
+        features = data.get("features")
+        if not isinstance(features, list):
+            raise AnnotationError(f"{path}: FeatureCollection without a 'features' list")
+        return features
+    if kind == "Feature":
+        return [data]
+    if kind in ("Polygon", "MultiPolygon", "GeometryCollection"):
+        return [{"type": "Feature", "geometry": data, "properties": {}}]
+    raise AnnotationError(f"{path}: GeoJSON of type {kind!r}: expected a FeatureCollection or a Feature "
+                          f"(fix: export from QuPath with File > Export objects as GeoJSON)")
+
+
+def read_geojson(path: str | os.PathLike) -> list[dict]:
+    """The features of a GeoJSON file (FeatureCollection, Feature or a list of features)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise AnnotationError(f"{path}: annotation file not found (fix: check the path)") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: cannot read the annotation file ({exc})") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(f"{path}: not valid GeoJSON: {exc.msg} at line {exc.lineno}, column {exc.colno} "
+                              f"(fix: export it again from QuPath; a truncated copy often causes this)") from exc
+    return _features(data, path)
+
+
+def _classification(props: dict) -> tuple[str, RGB | None]:
+    cls = props.get("classification")
+    if isinstance(cls, str):
+        return cls, None
+    if not isinstance(cls, dict) or not cls.get("name"):
+        return UNCLASSIFIED, None
+    colour = cls.get("color", cls.get("colour"))
+    if isinstance(colour, (list, tuple)) and len(colour) >= 3:
+        colour = tuple(int(c) for c in colour[:3])
+    elif "colorRGB" in cls:  # QuPath 0.2: packed signed ARGB integer
+        v = int(cls["colorRGB"]) & 0xFFFFFF
+        colour = ((v >> 16) & 255, (v >> 8) & 255, v & 255)
+    else:
+        colour = None
+    return str(cls["name"]), colour
+
+
+def _polygonal(geom):
+    """The polygonal part of a geometry (make_valid may add lines and points), or None."""
+    import shapely
+    from shapely.geometry import MultiPolygon, Polygon
+
+    if geom is None or geom.is_empty:
+        return None
+    if isinstance(geom, (Polygon, MultiPolygon)):
+        return geom
+    parts = [g for g in shapely.get_parts(geom) if isinstance(g, (Polygon, MultiPolygon)) and not g.is_empty]
+    if not parts:
+        return None
+    return shapely.union_all(parts)
+
+
+def load_annotations(path: str | os.PathLike, classes: ClassMapping, slide_size: tuple[int, int] | None = None,
+                     object_types: Sequence[str] = ("annotation",), warn: Warn | None = None,
+                     slide: str | None = None) -> list[Annotation]:
+    """Read a QuPath GeoJSON into :class:`Annotation` s (in file order).
+
+    ``slide_size`` = (width, height) of level 0: features outside it are skipped and parts
+    beyond its edge clipped (with a warning). ``object_types``: QuPath object types to keep
+    (features without one count as annotations). Classes not in ``classes`` raise
+    :class:`AnnotationError` listing every unknown class; unreadable geometry and bad JSON
+    raise too. Self-intersections are repaired with :func:`shapely.make_valid` (warning).
+    """
+    import shapely
+    from shapely.errors import GEOSException
+    from shapely.geometry import box, shape
+
+    path = Path(path)
+    warn = warn or (lambda msg: None)
+    where = f"{path}" + (f" (slide {slide})" if slide else "")
+    keep = {t.lower() for t in object_types}
+    out: list[Annotation] = []
+    unknown: dict[str, list[str]] = {}
+    skipped_types: dict[str, int] = {}
+    frame = box(0, 0, *slide_size) if slide_size else None
+    for i, feature in enumerate(read_geojson(path)):
+        if not isinstance(feature, dict):
+            raise AnnotationError(f"{where}: feature {i} is not a JSON object")
+        props = feature.get("properties") or {}
+        ident = feature.get("id") or props.get("id")
+        label_name = props.get("name")
+        desc = f"feature {i}" + "".join(f", {k} {v!r}" for k, v in (("id", ident), ("name", label_name)) if v)
+        otype = str(props.get("objectType") or props.get("object_type") or "annotation").lower()
+        if otype not in keep:
+            skipped_types[otype] = skipped_types.get(otype, 0) + 1
+            continue
+        name, colour = _classification(props)
+        raw = feature.get("geometry")
+        if raw is None:
+            warn(f"{where}: {desc} has no geometry: skipped")
+            continue
+        try:
+            geom = shape(raw)
+        except (GEOSException, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            raise AnnotationError(f"{where}: {desc} ({name}): unreadable geometry ({exc}) "
+                                  f"(fix: delete or redraw this annotation in QuPath and export again)") from exc
+        if geom.geom_type not in ("Polygon", "MultiPolygon", "GeometryCollection"):
+            warn(f"{where}: {desc} ({name}) is a {geom.geom_type}, not an area: skipped")
+            continue
+        if not geom.is_valid:
+            reason = shapely.is_valid_reason(geom)
+            geom = shapely.make_valid(geom)
+            warn(f"{where}: {desc} ({name}): invalid polygon ({reason}), repaired with shapely.make_valid")
+        geom = _polygonal(geom)
+        if geom is None or geom.area <= 0:
+            warn(f"{where}: {desc} ({name}) has no area: skipped")
+            continue
+        if frame is not None and not frame.contains(geom):
+            if not frame.intersects(geom) or frame.intersection(geom).area <= 0:
+                x0, y0, x1, y1 = (round(v) for v in geom.bounds)
+                warn(f"{where}: {desc} ({name}) lies outside the slide (x {x0}..{x1}, y {y0}..{y1}; the slide is "
+                     f"{slide_size[0]}×{slide_size[1]} px): skipped (fix: check that this GeoJSON belongs to "
+                     f"this slide and is in level-0 pixels)")
+                continue
+            geom = _polygonal(frame.intersection(geom))
+            warn(f"{where}: {desc} ({name}) extends past the slide edge: clipped to the slide")
+            if geom is None:
+                continue
+        try:
+            label = classes.lookup(name)
+        except KeyError:
+            unknown.setdefault(name, []).append(desc)
+            continue
+        out.append(Annotation(geom, name, label, colour, desc))
+    if unknown:
+        lines = "; ".join(f"'{n}' ({', '.join(d[:3])}{', …' if len(d) > 3 else ''})" for n, d in unknown.items())
+        known = ", ".join(classes.classes)
+        example = ",".join(f"{n}=ignore" if n == UNCLASSIFIED else f"{n}={classes.classes[0]}" for n in unknown)
+        raise AnnotationError(f"{where}: classes not in --classes ({known}): {lines} (fix: map them, e.g. "
+                              f"--classes {','.join(classes.classes)},{example}; 'ignore' drops a class)")
+    for otype, n in skipped_types.items():
+        warn(f"{where}: {n} {otype} object(s) skipped (only {', '.join(sorted(keep))} are read)")
+    return out
+
+
+# --- rasterising per tile ----------------------------------------------------------------------------
+
+class AnnotationIndex:
+    """Spatial index of a slide's annotations: grid queries and per-window rasterisation."""
+
+    def __init__(self, annotations: Sequence[Annotation]):
+        import shapely
+
+        self.annotations = list(annotations)
+        self._geoms = np.array([a.geometry for a in self.annotations], dtype=object)
+        self._tree = shapely.STRtree(self._geoms)
+        self._labelled = np.array([a.label is not None for a in self.annotations], dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def touching(self, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray,
+                 labelled_only: bool = False) -> np.ndarray:
+        """Boolean per box (level-0 x0, y0, x1, y1 arrays): does any annotation's area overlap it?"""
+        import shapely
+
+        boxes = shapely.box(np.asarray(x0, float), np.asarray(y0, float), np.asarray(x1, float), np.asarray(y1, float))
+        hit = np.zeros(len(boxes), dtype=bool)
+        if not len(self.annotations) or not len(boxes):
+            return hit
+        pairs = self._tree.query(boxes, predicate="intersects")
+        if labelled_only:
+            pairs = pairs[:, self._labelled[pairs[1]]]
+        if pairs.shape[1]:
+            # exclude boxes that merely touch an edge (zero-area overlap)
+            inter = shapely.area(shapely.intersection(boxes[pairs[0]], self._geoms[pairs[1]]))
+            hit[pairs[0][inter > 0]] = True
+        return hit
+
+    def rasterize(self, x: float, y: float, width: int, height: int, scale: float = 1.0) -> np.ndarray:
+        """(height, width) uint8 mask of the window whose pixels are ``scale`` level-0 px wide, starting at
+        level-0 (x, y): the dataset class index where an annotation covers a pixel centre, :data:`IGNORE`
+        elsewhere and under ignored classes. Later annotations paint over earlier ones."""
+        import shapely
+        from affine import Affine
+        from rasterio.features import rasterize
+
+        x1, y1 = x + width * scale, y + height * scale
+        idx = np.sort(self._tree.query(shapely.box(x, y, x1, y1), predicate="intersects"))
+        if not len(idx):
+            return np.full((height, width), IGNORE, dtype=np.uint8)
+        pad = 2 * scale
+        shapes = []
+        for i in idx:  # clip first: a slide-sized polygon costs the window, not its full outline
+            g = shapely.clip_by_rect(self._geoms[i], x - pad, y - pad, x1 + pad, y1 + pad)
+            if not g.is_empty:
+                label = self.annotations[i].label
+                shapes.append((g, IGNORE if label is None else int(label)))
+        if not shapes:
+            return np.full((height, width), IGNORE, dtype=np.uint8)
+        return rasterize(shapes, out_shape=(height, width), transform=Affine(scale, 0, x, 0, scale, y),
+                         fill=IGNORE, dtype="uint8")
+
+
+# --- class map → polygons ----------------------------------------------------------------------------
+
+def class_geometries(class_map: np.ndarray, classes: Iterable[int], scale: float = 1.0, min_pixels: int = 0,
+                     tolerance: float = 0.0) -> Iterator[tuple[int, list]]:
+    """Polygons (shapely, with holes) of each class region, one class at a time: ``(class, [Polygon, …])``.
+
+    Regions are 4-connected and traced by :func:`rasterio.features.shapes` along pixel edges, in
+    units of ``scale`` per map pixel (so a polygon's area is exactly its pixel count × scale²
+    before simplification). ``min_pixels`` > 1 drops regions and fills holes smaller than that
+    first (speckle would make millions of polygons). ``tolerance`` > 0 simplifies each outline
+    (Douglas–Peucker, topology preserved, holes kept) to that distance in output units; polygons
+    that vanish are dropped. Exteriors are counter-clockwise, holes clockwise (GeoJSON, y up).
+    """
+    import shapely
+    from affine import Affine
+    from rasterio.features import shapes
+    from shapely.geometry import Polygon, shape
+    from shapely.geometry.polygon import orient
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    class_map = np.asarray(class_map)
+    transform = Affine(scale, 0, 0, 0, scale, 0)
+    for k in classes:
+        mask = class_map == k
+        if not mask.any():
+            continue
+        if min_pixels > 1:
+            mask = remove_small_objects(mask, max_size=min_pixels - 1, connectivity=1)
+            mask = remove_small_holes(mask, max_size=min_pixels - 1, connectivity=1)
+            if not mask.any():
+                continue
+        polys = []
+        for geom, _ in shapes(mask.view(np.uint8), mask=mask, connectivity=4, transform=transform):
+            poly = shape(geom)
+            if tolerance > 0:
+                poly = poly.simplify(tolerance, preserve_topology=True)
+                if poly.is_empty or poly.area <= 0:
+                    continue
+                if not isinstance(poly, Polygon):  # rare: simplification split it
+                    polys.extend(orient(p) for p in shapely.get_parts(poly) if isinstance(p, Polygon) and p.area > 0)
+                    continue
+            polys.append(orient(poly))
+        if polys:
+            yield int(k), polys
+
+
+def _coords(ring, decimals: int) -> list:
+    pts = np.round(np.asarray(ring.coords, dtype=np.float64), decimals)
+    if decimals <= 0:
+        return pts.astype(np.int64).tolist()
+    return pts.tolist()
+
+
+def geojson_geometry(polygons: Sequence, decimals: int = 1) -> dict:
+    """A GeoJSON MultiPolygon from shapely polygons (exterior CCW, holes CW, rings closed)."""
+    from shapely.geometry.polygon import orient
+
+    coords = []
+    for p in polygons:
+        p = orient(p)
+        coords.append([_coords(p.exterior, decimals)] + [_coords(h, decimals) for h in p.interiors])
+    return {"type": "MultiPolygon", "coordinates": coords}
+
+
+def geojson_feature(k: int, polygons: Sequence, class_names: Sequence[str], palette: Sequence[RGB],
+                    decimals: int = 1) -> dict:
+    """One QuPath annotation: a MultiPolygon with the classification name and colour."""
+    colour = [int(c) for c in palette[k]] if k < len(palette) else [0, 0, 0]
+    return {"type": "Feature", "geometry": geojson_geometry(polygons, decimals),
+            "properties": {"objectType": "annotation", "name": class_names[k],
+                           "classification": {"name": class_names[k], "color": colour},
+                           "isLocked": False, "classIndex": int(k)}}
+
+
+def write_geojson(path: str | os.PathLike, polygons: Iterable[tuple[int, Sequence]], class_names: Sequence[str],
+                  palette: Sequence[RGB], max_polygons: int = 5000, decimals: int = 1) -> dict:
+    """Stream a FeatureCollection of ``(class, [shapely Polygon, …])`` to ``path`` (atomic): per class,
+    MultiPolygon annotations of at most ``max_polygons`` polygons each, so memory holds one class's
+    outlines at most. Returns counts: features, polygons, vertices, bytes."""
+    from tissueseg.slides.outputs import _atomic
+
+    stats = {"features": 0, "polygons": 0, "vertices": 0}
+    with _atomic(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write('{"type": "FeatureCollection", "features": [\n')
+            for k, polys in polygons:
+                polys = list(polys)
+                for i in range(0, len(polys), max_polygons):
+                    part = polys[i:i + max_polygons]
+                    f.write(("" if not stats["features"] else ",\n")
+                            + json.dumps(geojson_feature(k, part, class_names, palette, decimals),
+                                         separators=(",", ":")))
+                    stats["features"] += 1
+                    stats["polygons"] += len(part)
+                    stats["vertices"] += sum(len(p.exterior.coords) + sum(len(h.coords) for h in p.interiors)
+                                             for p in part)
+            f.write("\n]}\n")
+        stats["bytes"] = os.path.getsize(tmp)
+    return stats
