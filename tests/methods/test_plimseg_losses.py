@@ -14,6 +14,7 @@ from tissueseg.methods.plimseg import (
     background_suppression_loss,
     background_text_matching_loss,
     matcher_training_batch,
+    positive_rate,
     matching_losses,
     object_text_matching_loss,
     prompt_embeddings,
@@ -163,3 +164,16 @@ def test_matcher_batches_add_black_and_white_background_views():
     assert batch.shape == (5, 3, 4, 4)
     assert torch.all(batch[3] == 0) and torch.all(batch[4] == 1)
     assert targets.tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+def test_matcher_bias_starts_at_the_label_prior():
+    from pathlib import Path
+
+    from tissueseg.data.sample import Record
+
+    records = [Record(Path(f"{i}.png"), "train", "c", labels=labels)
+               for i, labels in enumerate([(1, 0, 0), (1, 1, 0), (0, 0, 1), None])]
+    # 4 positives over 3 labelled images × (3 class rows + 3 background rows)
+    assert positive_rate(records, 6) == pytest.approx(4 / 18)
+    assert positive_rate(records[3:], 6) is None
+    assert positive_rate([Record(Path("a.png"), "train", "c", labels=(1, 1))], 2) == 0.99

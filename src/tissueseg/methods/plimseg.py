@@ -23,6 +23,7 @@ the PLIMSeg classifier with multi-layer pseudo-supervision (the PLIMSeg + MLPS s
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -234,6 +235,16 @@ def matcher_training_batch(images: torch.Tensor, labels: torch.Tensor, n_backgro
     return torch.cat([images, blank]), targets
 
 
+def positive_rate(records: Sequence, n_rows: int) -> float | None:
+    """Share of positive (image, row) targets the matcher trains on, from the records' image labels,
+    clipped to [0.01, 0.99]; None when no record has labels. Background rows are positive only for
+    the two blank views, so they count as negatives here."""
+    labels = [r.labels for r in records if r.labels is not None]
+    if not labels:
+        return None
+    return min(max(sum(map(sum, labels)) / (len(labels) * n_rows), 0.01), 0.99)
+
+
 def train_matcher(run: RunContext, name: str = "matcher") -> LabelTrainedMatcher:
     """Train (or, when its checkpoint is complete, reload) the label-trained matcher.
 
@@ -248,6 +259,9 @@ def train_matcher(run: RunContext, name: str = "matcher") -> LabelTrainedMatcher
     text, text_name = _text_embeddings(run, m, [p for row in rows for p in row])
     matcher = LabelTrainedMatcher(build_encoder(m.backbone, matcher_pretrained(cfg)), rows, text, text_name,
                                   m.backbone)
+    prior = positive_rate(run.splits["train"], len(rows))
+    if prior is not None:  # start at the label prior, not at "nothing matches" (which kept val F1 at 0)
+        matcher.logit_bias.data.fill_(math.log(prior / (1 - prior)))
     head = [p for n, p in matcher.named_parameters() if not n.startswith("encoder.")]
     groups = [{"params": list(matcher.encoder.parameters()), "lr_mult": 1.0},
               {"params": head, "lr_mult": m.head_lr_mult}]
