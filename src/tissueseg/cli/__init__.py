@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 import tissueseg
-from tissueseg.cli.common import console, user_errors
+from tissueseg.cli.common import App, console, user_errors
 from tissueseg.cli.data import data_app, write_synthetic
 from tissueseg.cli.predict import predict
 from tissueseg.cli.semi import semi_app
@@ -17,8 +17,8 @@ from tissueseg.cli.wsss import wsss_app
 if TYPE_CHECKING:
     from rich.table import Table
 
-app = typer.Typer(help="tissueseg: pixel-accurate H&E tissue maps from cheap labels.", no_args_is_help=True,
-                  add_completion=False)
+app = App(help="tissueseg: pixel-accurate H&E tissue maps from cheap labels.", no_args_is_help=True,
+          add_completion=False)
 app.add_typer(data_app, name="data")
 app.add_typer(wsss_app, name="wsss")
 app.add_typer(semi_app, name="semi")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,6 +12,26 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 console = Console(width=max(Console().width, 120))
+
+
+class App(typer.Typer):
+    """The root command. Under torchrun a command that started a process group ends it here, before the
+    interpreter finalises: a final barrier after success, then the teardown (see engine.distributed)."""
+
+    def __call__(self, *args, **kwargs):
+        finished = False
+        try:
+            result = super().__call__(*args, **kwargs)
+            finished = True
+            return result
+        except SystemExit as exc:  # click ends every command with sys.exit(code)
+            finished = exc.code in (None, 0)
+            raise
+        finally:
+            engine = sys.modules.get("tissueseg.engine.distributed")  # imported by any command that used DDP
+            if engine is not None:
+                engine.shutdown_distributed(barrier=finished)
+
 
 FORMATS = "auto, luad-histoseg, bcss-wsss, wsss4luad, glas, crag, ebhi-seg, folder"
 

@@ -50,6 +50,7 @@ def predict(
     """
     import torch.distributed as dist
 
+    from tissueseg.engine import distributed as dist_utils
     from tissueseg.slides.predict import PredictOptions, distributed_env, predict_slides
 
     rank, world, _ = distributed_env()
@@ -57,9 +58,9 @@ def predict(
                              device=device, flip=flip, slide_mpp=mpp, target_mpp=target_mpp,
                              tissue_detection=tissue, mask_glass=mask_glass, reader=reader, overwrite=overwrite,
                              polygon_tolerance=polygon_tolerance)
-    if world > 1 and not dist.is_initialized():
+    if world > 1:
         # only to gather the failure lists at the end; gloo works next to any GPU setup
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+        dist_utils.init_distributed(backend="gloo", timeout=datetime.timedelta(days=7))
     prefix = f"[rank {rank}/{world}] " if world > 1 else ""
 
     def log(msg: str) -> None:
@@ -83,7 +84,7 @@ def predict(
     if world > 1:
         gathered: list = [None] * world
         dist.all_gather_object(gathered, {"failed": failed, "counts": counts})
-        dist.destroy_process_group()
+        dist_utils.shutdown_distributed()  # barrier, let gloo release its buffers, destroy
         failed = [f for g in gathered for f in g["failed"]]
         counts = tuple(sum(g["counts"][i] for g in gathered) for i in range(2))
         if rank != 0:
