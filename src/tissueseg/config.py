@@ -48,9 +48,11 @@ class ClassifierConfig(Section):
     pda_start_epoch: int = 3
     pda_decay: float = 0.985  # paper; the official code uses 0.98
     pda_floor: float = 0.65
-    pda_decay_origin: Literal["zero", "start"] = "zero"  # γ = decay^epoch (official) or decay^(epoch − E0)
-    crop_scale: tuple[float, float] = (1.0, 1.0)  # area of the random resized crop; official: whole patch, flips only
-    select: Literal["last", "val_f1"] = "last"  # the shipped classifier: last epoch (official) or best val F1
+    # The official code's stage 1 is pda_decay_origin: zero, crop_scale: [1, 1], select: last; on WSSS4LUAD it
+    # gave MLPS 27.3 test mIoU against 35.8 with the defaults below (BENCHMARKS.md), so these stay ours.
+    pda_decay_origin: Literal["zero", "start"] = "start"  # γ = decay^(epoch − E0), or decay^epoch (official)
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # area of the random resized crop; official: (1, 1), flips only
+    select: Literal["last", "val_f1"] = "val_f1"  # the shipped classifier: best val F1, or the last epoch (official)
 
 
 class PseudoMaskConfig(Section):
