@@ -36,10 +36,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tissueseg.engine.trainer import autocast, resolve_device
+from tissueseg.data.io import write_json
+from tissueseg.models.device import autocast, resolve_device
 from tissueseg.slides.outputs import (NO_TISSUE, ChunkStore, area_table, downsampled_map, iter_class_polygons,
                                       overlay_image, palette_colormap, write_area_csv, write_geojson, write_image,
-                                      write_json, write_pyramidal_tiff, write_report)
+                                      write_pyramidal_tiff, write_report)
 from tissueseg.slides.readers import SLIDE_SUFFIXES, SlideError, SlideReader, open_slide
 from tissueseg.slides.tiling import (BlendAccumulator, SlideTileDataset, TileGrid, _save_npy, blend_window,
                                      collate_tiles)
@@ -56,7 +57,7 @@ ProgressFn = Callable[[int, int], None]
 class PredictOptions:
     """Settings of a slide prediction (CLI flags of ``tissueseg predict``)."""
 
-    tile_size: int | None = None  # working-resolution tile side; default the model's training tile size
+    tile_size: int | None = None  # working-resolution tile side; default the model's window (ModelMeta.window)
     overlap: int | None = None  # px shared by neighbouring tiles; default tile_size // 4
     batch_size: int = 16
     workers: int = 2  # DataLoader worker processes reading tiles ahead
@@ -235,7 +236,7 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
     device = next(iter(predictor.parameters()), torch.empty(0)).device
     with open_slide(path, options.reader) as reader:
         geom = resolve_geometry(reader, meta.mpp, options)
-        tile = int(options.tile_size or meta.tile_size)
+        tile = int(options.tile_size or meta.window)
         overlap = int(options.overlap if options.overlap is not None else tile // 4)
         grid = TileGrid.create(geom.width, geom.height, tile, overlap, options.chunk_size)
         mask_glass = options.mask_glass if options.mask_glass is not None else meta.background_index is None
@@ -433,7 +434,7 @@ def predict_slides(model: str | os.PathLike | torch.nn.Module, inputs: Sequence[
     ``model`` is a model.pt path or a loaded predictor. ``rank``/``world_size`` default to torchrun's
     environment. Finished slides (``summary.json`` present) are skipped unless ``options.overwrite``.
     """
-    from tissueseg.engine.export import load_predictor
+    from tissueseg.models.bundle import load_predictor
 
     options = options or PredictOptions()
     log = log or (lambda msg: None)
