@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Task = Literal["wsss", "semi"]
+WSSS_STAGES = ("train-cls", "pseudo-masks", "train-seg", "evaluate")  # `tissueseg wsss <stage> CONFIG.yaml`
 
 
 @dataclass(frozen=True)
@@ -37,3 +38,10 @@ class Method:
     rows: tuple[ResultRow, ...] = ()
     evaluate_key: Callable[[Any], str] | None = None
     caption: Callable[[dict], str | None] | None = None
+
+
+def wsss_stages(*functions: Callable[..., Any]) -> dict[str, Callable[..., Any]]:
+    """A weakly supervised method's functions for :data:`WSSS_STAGES`, in that order."""
+    if len(functions) != len(WSSS_STAGES):
+        raise ValueError(f"a WSSS method has {len(WSSS_STAGES)} stages ({', '.join(WSSS_STAGES)})")
+    return dict(zip(WSSS_STAGES, functions))

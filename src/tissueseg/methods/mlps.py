@@ -26,7 +26,7 @@ from tissueseg.engine.evaluate import PredictFn, evaluate_split, meter_for, summ
 from tissueseg.engine.losses import masked_cross_entropy
 from tissueseg.engine.run import RunContext
 from tissueseg.engine.trainer import TrainConfig, Trainer, load_best
-from tissueseg.methods.base import Method, ResultRow
+from tissueseg.methods.base import Method, ResultRow, wsss_stages
 from tissueseg.models.bundle import ClassifierSpec, ModelMeta, SegmenterSpec, create_model, save_bundle
 from tissueseg.models.classifier import PDAClassifier
 from tissueseg.models.deeplab import DeepLabV3Plus
@@ -453,8 +453,7 @@ def reference_results(run: RunContext) -> dict:
 
 METHOD = Method(
     "mlps", "wsss", run_mlps,
-    stages={"train-cls": train_stage, "pseudo-masks": pseudo_masks_stage, "train-seg": train_segmenter_stage,
-            "evaluate": evaluate_stage},
+    stages=wsss_stages(train_stage, pseudo_masks_stage, train_segmenter_stage, evaluate_stage),
     rows=(ResultRow("cam", "CAM baseline", 10, pseudo_masks="CAM baseline"),
           ResultRow("mlps", "MLPS (stage 2, gated)", 20, pseudo_masks="MLPS"),
           ResultRow("supervised", "fully supervised", 90, pseudo_masks="fully supervised")),

@@ -41,7 +41,7 @@ from tissueseg.engine.evaluate import evaluate_split
 from tissueseg.engine.run import RunContext
 from tissueseg.engine.trainer import TrainConfig, Trainer, load_best
 from tissueseg.methods import mlps
-from tissueseg.methods.base import Method, ResultRow
+from tissueseg.methods.base import Method, ResultRow, wsss_stages
 from tissueseg.models.bundle import MatcherSpec, create_model
 from tissueseg.models.classifier import PDAClassifier
 from tissueseg.models.matcher import LabelTrainedMatcher
@@ -424,8 +424,7 @@ def loss_ablations(config: WSSSConfig, console=None, losses: Sequence[str] | Non
 
 METHOD = Method(
     "plimseg", "wsss", run_plimseg,
-    stages={"train-cls": train_stage, "pseudo-masks": pseudo_masks_stage, "train-seg": train_segmenter_stage,
-            "evaluate": evaluate_stage},
+    stages=wsss_stages(train_stage, pseudo_masks_stage, train_segmenter_stage, evaluate_stage),
     rows=(ResultRow("plimseg_cam", "PLIMSeg (stage 2, gated)", 30, pseudo_masks="PLIMSeg"),
           ResultRow("plimseg_mlps", "PLIMSeg + MLPS stage 2 (gated)", 40, pseudo_masks="PLIMSeg Grad-CAM")),
     evaluate_key=lambda run: f"plimseg_{run.config.plimseg.stage2}",
