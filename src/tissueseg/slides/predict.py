@@ -221,7 +221,7 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
                   on_chunk: Callable[[tuple[int, int]], None] | None = None) -> dict:
     """Predict one slide into ``out_dir``; returns the summary (also written to ``summary.json``).
 
-    ``predictor`` is a :class:`tissueseg.engine.export.TissuePredictor` (or any module with the same
+    ``predictor`` is a :class:`tissueseg.models.bundle.TissuePredictor` (or any module with the same
     contract and a ``meta``) already on its device. Rerunning after an interruption resumes from
     the chunks in ``out_dir/.partial``. ``progress(done, total)`` is called with tile counts;
     ``on_chunk(chunk)`` after every chunk is checkpointed.
