@@ -16,18 +16,16 @@ import argparse
 import torch
 from timing import images_per_second as timed
 
-from tissueseg.methods.mlps import PDAClassifier, classification_loss, multi_layer_pseudo_supervision_loss
-from tissueseg.models.deeplab import DeepLabV3Plus
-from tissueseg.models.encoder import build_encoder
+from tissueseg.methods.mlps import classification_loss, multi_layer_pseudo_supervision_loss
+from tissueseg.models.bundle import ClassifierSpec, SegmenterSpec, create_model
 
 
 def make_model(stage: str, args: argparse.Namespace) -> torch.nn.Module:
-    encoder = build_encoder(args.backbone, False, args.output_stride)
     if stage == "stage 1 (PDA classifier)":
-        model = PDAClassifier(encoder, 4)
+        model = create_model(ClassifierSpec(args.backbone, 4, args.output_stride))
         model.gamma = 0.9
         return model
-    return DeepLabV3Plus(encoder, 4, channels=args.decoder_channels)
+    return create_model(SegmenterSpec(args.backbone, 4, args.output_stride, args.decoder_channels))
 
 
 def images_per_second(stage: str, args: argparse.Namespace, fast: bool, device: torch.device) -> tuple[float, float]:

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from timing import images_per_second as timed
 
-from tissueseg.methods.mlps import PDAClassifier, classification_loss
+from tissueseg.methods.mlps import classification_loss
 from tissueseg.methods.plimseg import matching_losses
-from tissueseg.models.encoder import build_encoder
-from tissueseg.models.matcher import LabelTrainedMatcher
+from tissueseg.models.bundle import ClassifierSpec, MatcherSpec, create_model
 
 NUM_CLASSES = 4
 WEIGHTS = {"otm": 10.0, "btm": 24.0, "cbs": 1.0, "area": 0.2}
@@ -31,8 +30,7 @@ WEIGHTS = {"otm": 10.0, "btm": 24.0, "cbs": 1.0, "area": 0.2}
 
 def label_trained_matcher(args: argparse.Namespace) -> torch.nn.Module:
     rows = [[f"class {k}"] for k in range(NUM_CLASSES)] + [["background"]]
-    return LabelTrainedMatcher(build_encoder(args.matcher_backbone), rows, torch.randn(len(rows), 384),
-                               "random text", args.matcher_backbone)
+    return create_model(MatcherSpec(args.matcher_backbone, rows, "random text", torch.randn(len(rows), 384)))
 
 
 def quiltnet_architecture() -> torch.nn.Module:
@@ -47,7 +45,7 @@ def quiltnet_architecture() -> torch.nn.Module:
 def images_per_second(args: argparse.Namespace, device: torch.device, matcher: torch.nn.Module | None
                       ) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = PDAClassifier(build_encoder(args.backbone, False, 16), NUM_CLASSES).to(device).train()
+    model = create_model(ClassifierSpec(args.backbone, NUM_CLASSES, 16)).to(device).train()
     model.gamma = 0.9
     fast = device.type == "cuda"
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)

@@ -36,7 +36,7 @@ def write_synthetic_slide(path: Path, size: int, seed: int = 0, tissue_fraction:
                           tile: int = 512) -> Path:
     """A ``size``² RGB pyramidal TIFF (zlib, ``tile``² tiles, levels as main IFDs, 0.5 µm/px) with H&E-like
     blobs on glass, generated tile by tile (memory independent of ``size``)."""
-    from tissueseg.slides.outputs import write_pyramidal_tiff
+    from tissueseg.data.tiff import write_pyramidal_tiff
 
     rng = np.random.default_rng(seed)
     low = 64  # tissue layout at 1/64 resolution
@@ -74,7 +74,7 @@ class TinyPredictor:
         import torch
         from torch import nn
 
-        from tissueseg.engine.export import ModelMeta
+        from tissueseg.models.bundle import ModelMeta
 
         class Tiny(nn.Module):
             def __init__(self):
@@ -84,7 +84,7 @@ class TinyPredictor:
                 self.meta = ModelMeta(method="tiny", classes=[f"class{i}" for i in range(num_classes)],
                                       palette=[(40 * i, 255 - 40 * i, 120) for i in range(num_classes)],
                                       label_to_mask=list(range(num_classes)), background_index=None,
-                                      tile_size=tile, mpp=MPP)
+                                      window=tile, mpp=MPP)
 
             @torch.no_grad()
             def forward(self, x):
@@ -98,7 +98,7 @@ def child(args) -> None:
     """Predict one slide and print a JSON line with timings and peak RSS."""
     import torch
 
-    from tissueseg.engine.export import load_predictor
+    from tissueseg.models.bundle import load_predictor
     from tissueseg.slides.predict import PredictOptions, predict_slide
 
     if args.threads:

@@ -30,7 +30,7 @@ from slide_memory import MPP, write_synthetic_slide  # noqa: E402
 
 
 def build_model(args, device: torch.device):
-    from tissueseg.engine.export import ModelMeta, SegmenterSpec, build_segmenter, load_predictor, save_bundle
+    from tissueseg.models.bundle import ModelMeta, SegmenterSpec, create_model, load_predictor, save_bundle
 
     if args.model:
         return load_predictor(args.model, device)
@@ -38,9 +38,9 @@ def build_model(args, device: torch.device):
     spec = SegmenterSpec(args.backbone, 4, 16, args.decoder_channels)
     meta = ModelMeta(method="bench", classes=["tumour", "stroma", "lymphocytes", "necrosis", "background"],
                      palette=[(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0), (255, 255, 255)],
-                     label_to_mask=[0, 1, 2, 3], background_index=4, tile_size=args.tile, mpp=MPP)
+                     label_to_mask=[0, 1, 2, 3], background_index=4, window=args.tile, mpp=MPP)
     path = Path(args.workdir) / f"bench_{args.backbone}_{args.decoder_channels}.pt"
-    save_bundle(path, build_segmenter(spec), spec, meta)
+    save_bundle(path, create_model(spec), spec, meta)
     return load_predictor(path, device)
 
 
@@ -51,7 +51,7 @@ def sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def model_only(predictor, tiles: np.ndarray, batch_size: int, device: torch.device, flip: bool, amp: bool) -> float:
-    from tissueseg.engine.trainer import autocast
+    from tissueseg.models.device import autocast
 
     sync(device)
     t0 = time.perf_counter()

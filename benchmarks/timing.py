@@ -16,7 +16,7 @@ def images_per_second(loss_fn: Callable[[], torch.Tensor], optimizer: torch.opti
     ``warmup`` untimed steps first; returns (images/s, peak GiB): the CUDA allocator's peak since the
     call on GPU, else the process's peak RSS so far.
     """
-    from tissueseg.engine.trainer import autocast
+    from tissueseg.models.device import autocast
 
     def step() -> None:
         with autocast(device, enabled=amp):

@@ -32,7 +32,8 @@ from tissueseg.config import PLIM_LOSSES, PLIMSegConfig, WSSSConfig
 from tissueseg.data import open_dataset, split_by_case
 from tissueseg.data.io import write_png
 from tissueseg.engine.run import RunContext
-from tissueseg.methods.mlps import results_table, run_mlps
+from tissueseg.methods.mlps import run_mlps
+from tissueseg.methods.registry import results_table
 from tissueseg.methods.plimseg import loss_ablations, run_plimseg, run_variant
 from tissueseg.models.vlm import VLM_KINDS
 
@@ -134,7 +135,7 @@ def main() -> None:
     if "plimseg" in args.methods:
         results.update(plimseg_rows(config, args, console))
     elapsed = time.time() - start
-    console.print(results_table(results, run.info.label_classes))
+    console.print(results_table(results, "wsss", run.info.label_classes))
     for loss in PLIM_LOSSES:
         if f"ablation_no_{loss}" in results:
             console.print(f"PLIMSeg without {loss}: pseudo-mask mIoU "

@@ -34,8 +34,9 @@ from tissueseg.data import open_dataset, split_by_case
 from tissueseg.data.io import write_png
 from tissueseg.engine.evaluate import meter_for, summarize_scores
 from tissueseg.engine.run import RunContext
-from tissueseg.methods.mlps import results_table, run_mlps
+from tissueseg.methods.mlps import run_mlps
 from tissueseg.methods.plimseg import run_plimseg
+from tissueseg.methods.registry import results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKGROUND = 3  # WSSS4LUAD mask index of background (not scored)
@@ -161,7 +162,7 @@ def main() -> None:
         plim = config.model_copy(update={"method": "plimseg", "out_dir": Path(config.out_dir) / "plimseg"})
         results.update(run_plimseg(RunContext.open(plim, console=console)))
     elapsed = time.time() - start
-    console.print(results_table(results, run.info.label_classes))
+    console.print(results_table(results, "wsss", run.info.label_classes))
     if "reference_cam" in results:
         console.print(f"reference CAM (timm resnet18, random init): test mIoU "
                       f"{100 * results['reference_cam']['test']['miou']:.1f}")

@@ -35,14 +35,26 @@ class BackboneConfig(Section):
     output_stride: int | None = 16  # dilate the deepest stages so CAMs keep spatial detail (MLPS: 8)
 
 
-class ClassifierConfig(Section):
-    """MLPS stage 1 (classification with PDA)."""
+class OptimConfig(Section):
+    """What every trained stage sets about its optimisation (a stage section overrides the defaults it
+    changes); :meth:`tissueseg.engine.trainer.TrainConfig.of` turns it into the Trainer's settings."""
 
     epochs: int = 10
-    batch_size: int = 16
+    batch_size: int = 8
     lr: float = 0.01
+    weight_decay: float = 1e-4
+    # the from-scratch parts at ×10 (official codes): MLPS classifier head; DeepLabV3+ decoder and head;
+    # matcher projection, logit scale/bias and learnable text; UniSemAlign projection, prototypes, text
+    head_lr_mult: float = 10.0
+    grad_clip_norm: float | None = None  # clip the global gradient norm before each optimiser step
+    max_steps_per_epoch: int | None = None
+
+
+class ClassifierConfig(OptimConfig):
+    """MLPS stage 1 (classification with PDA)."""
+
+    batch_size: int = 16
     weight_decay: float = 5e-4
-    head_lr_mult: float = 10.0  # official code: the from-scratch classifier at ×10
     grad_clip_norm: float | None = 5.0  # ours: PDA's multiplicative attention diverges at ×10 without it
     pda: bool = True
     pda_start_epoch: int = 3
@@ -60,16 +72,10 @@ class PseudoMaskConfig(Section):
     normalization: Literal["global", "per_class"] = "global"
 
 
-class SegmenterConfig(Section):
+class SegmenterConfig(OptimConfig):
     """MLPS stage 2 (DeepLabV3+ with multi-layer pseudo-supervision)."""
 
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 0.01
-    weight_decay: float = 1e-4
     layer_weights: list[float] = Field(default_factory=lambda: [0.2, 0.2, 0.6])
-    head_lr_mult: float = 10.0
-    grad_clip_norm: float | None = None
     decoder_channels: int = 256
     gate_threshold: float = 0.1
     flip_tta: bool = False
@@ -94,7 +100,7 @@ class PromptConfig(Section):
     background: list[str] | None = None  # white background, blank glass, tissue types outside the labels
 
 
-class MatcherConfig(Section):
+class MatcherConfig(OptimConfig):
     """The frozen language–image matcher of PLIMSeg.
 
     ``label_trained`` (default, needs no download): a registry backbone + projection trained
@@ -108,11 +114,8 @@ class MatcherConfig(Section):
     backbone: str = "efficientnet_lite0"  # label-trained matcher: image encoder (registry name)
     pretrained: bool | str | None = None  # label-trained matcher: None = as backbone.pretrained
     text: Literal["auto", "minilm", "learnable"] = "auto"  # label-trained matcher: text embeddings
-    epochs: int = 6
+    epochs: int = 6  # label-trained matcher: its optimisation
     batch_size: int = 32
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    head_lr_mult: float = 10.0  # projection, logit scale/bias and learnable text at ×10
     grad_clip_norm: float | None = 5.0
 
 
@@ -178,17 +181,14 @@ class SemiBackboneConfig(BackboneConfig):
     freeze: bool = False  # paper: frozen UNI; CNN encoders are usually fine-tuned
 
 
-class SemiTrainConfig(Section):
+class SemiTrainConfig(OptimConfig):
     """Optimisation of every semi-supervised row (UniSemAlign paper / official GlaS configs)."""
 
     epochs: int = 80
     batch_size: int = 4  # labelled images per step, and as many unlabelled ones
     lr: float = 0.001
-    weight_decay: float = 1e-4
-    head_lr_mult: float = 10.0  # decoder, head, projection, prototypes and text projection
     decoder_channels: int = 256
     aspp_dropout: float = 0.0  # official UniMatch/CorrMatch ASPP has no dropout (it would also perturb pseudo labels)
-    max_steps_per_epoch: int | None = None
     eval_every: int = 1  # validate every N epochs (and after the last)
 
 

@@ -4,7 +4,7 @@ import torch
 from tissueseg.data.sample import DatasetInfo
 from tissueseg.engine.data import IGNORE, LabelSpace
 from tissueseg.engine.evaluate import meter_for
-from tissueseg.engine.inference import predict_probabilities, window_starts
+from tissueseg.models.inference import predict_probabilities, window_starts
 
 LUAD = DatasetInfo("luad-histoseg", ["te", "nec", "lym", "tas", "background"], ["te", "nec", "lym", "tas"],
                    [(0, 0, 0)] * 5, ignore_index=4, background_index=4)

@@ -3,9 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from tissueseg.methods.mlps import (PDAClassifier, class_activation_maps, classification_gate, multi_layer_grad_cam,
-                                    multi_layer_pseudo_supervision_loss, normalize_cams, pda_gamma,
-                                    progressive_dropout_attention, pseudo_mask, white_background)
+from tissueseg.data.background import white_background
+from tissueseg.methods.mlps import (classification_gate, multi_layer_grad_cam, multi_layer_pseudo_supervision_loss,
+                                    normalize_cams, pda_gamma, pseudo_mask)
+from tissueseg.models.classifier import PDAClassifier, class_activation_maps, progressive_dropout_attention
 
 
 class TinyBackbone(nn.Module):

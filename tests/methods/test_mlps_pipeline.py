@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from tissueseg.cli import app
 from tissueseg.config import WSSSConfig
 from tissueseg.data.synthetic import write_synthetic_dataset
-from tissueseg.engine.export import load_predictor
+from tissueseg.models.bundle import load_predictor
 from tissueseg.engine.run import RunContext
 from tissueseg.methods.mlps import run_mlps
 

@@ -9,12 +9,14 @@ from rich.console import Console
 
 from tissueseg.config import SemiConfig, UniSemAlignSettings
 from tissueseg.data.sample import DatasetInfo
+from tissueseg.engine.data import LabelSpace
+from tissueseg.engine.losses import masked_cross_entropy
 from tissueseg.engine.run import RunContext
-from tissueseg.methods.unisemalign import (SemiPairs, SemiSpace, UniSemAlignNet, alignment_loss, batch_confidence,
-                                           build_network, cosine_logits, cutmix, cutmix_box, ema_threshold,
-                                           evaluate_rows, fuse_scores, kl_consistency, labelled_records,
-                                           masked_cross_entropy, run_semi, sigmoid_ramp_up,
-                                           unisemalign_losses, PAPER_RECIPE)
+from tissueseg.methods.unisemalign import (PAPER_RECIPE, SemiPairs, alignment_loss, batch_confidence, build_network,
+                                           cosine_logits, cutmix, cutmix_box, ema_threshold, evaluate_rows, fuse_scores,
+                                           kl_consistency, labelled_records, run_semi, sigmoid_ramp_up,
+                                           unisemalign_losses)
+from tissueseg.models.unisemalign import UniSemAlignNet
 
 
 # --- losses on hand-computed cases ---------------------------------------------------------------
@@ -146,13 +148,13 @@ def test_default_recipe_ramps_the_unlabelled_terms_and_uses_a_fixed_threshold():
 
 def test_binary_label_space():
     info = DatasetInfo("ebhi-seg", ["background", "a", "b"], ["a", "b"], [(0, 0, 0)] * 3, background_index=0)
-    space = SemiSpace.from_info(info, binary=True)
+    space = LabelSpace.every_class(info, binary=True)
     assert space.names == ["background", "gland"] and space.background == 0
     assert space.mask_to_label(np.array([0, 1, 2, 255])).tolist() == [0, 1, 1, 255]
-    full = SemiSpace.from_info(info)
+    full = LabelSpace.every_class(info)
     assert full.num_classes == 3 and full.mask_to_label(np.array([2, 7])).tolist() == [2, 255]
     with pytest.raises(ValueError, match="needs a background class"):
-        SemiSpace.from_info(DatasetInfo("folder", ["x", "y"], ["x", "y"], [(0, 0, 0)] * 2), binary=True)
+        LabelSpace.every_class(DatasetInfo("folder", ["x", "y"], ["x", "y"], [(0, 0, 0)] * 2), binary=True)
 
 
 # --- end to end on a tiny synthetic set -----------------------------------------------------------
@@ -192,7 +194,7 @@ def test_pairs_dataset_and_labelled_split(tiny_data, tmp_path):
     assert not {r.case_id for r in labelled} & {r.case_id for r in unlabelled}
     by_count = labelled_records(make_run(tiny_data, tmp_path, labelled_count=4))[0]
     assert len({r.case_id for r in by_count}) >= 1 and len(by_count) >= 4
-    space = SemiSpace.from_info(run.info)
+    space = LabelSpace.every_class(run.info)
     assert space.num_classes == 5 and space.background == 4  # white background is its own class
     pairs = SemiPairs(run.dataset, labelled, unlabelled, space, 64)
     item = pairs[0]
@@ -203,7 +205,7 @@ def test_pairs_dataset_and_labelled_split(tiny_data, tmp_path):
 
 
 def test_train_evaluate_resume_and_export(tiny_data, tmp_path):
-    from tissueseg.engine.export import load_predictor
+    from tissueseg.models.bundle import load_predictor
 
     run = make_run(tiny_data, tmp_path)
     results = run_semi(run, ["unisemalign"])
@@ -260,7 +262,7 @@ def test_frozen_vit_encoder_step_trains_projections_decoder_and_branches():
     cfg = SemiConfig.model_validate({"data": {"path": "x"}, "backbone": {"name": "vit_tiny_tokens", "freeze": True},
                                      "train": {"decoder_channels": 16}, "text": {"encoder": "learnable"}})
     info = DatasetInfo("glas", ["background", "gland"], [], [(0, 0, 0), (255, 255, 255)], background_index=0)
-    space = SemiSpace.from_info(info, binary=True)
+    space = LabelSpace.every_class(info, binary=True)
     torch.manual_seed(0)
     net = build_network(cfg, space, "unisemalign")
     images = torch.rand(2, 3, 32, 32)

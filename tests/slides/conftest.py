@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slide_helpers import CLASSES, PALETTE, torch_threads
-from tissueseg.engine.export import ModelMeta, SegmenterSpec, build_segmenter, load_predictor, save_bundle
+from tissueseg.models.bundle import ModelMeta, SegmenterSpec, create_model, load_predictor, save_bundle
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,9 +24,9 @@ def model_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     spec = SegmenterSpec("efficientnet_lite0", 4, 16, 32)
     meta = ModelMeta(method="test", classes=CLASSES, palette=PALETTE, label_to_mask=[0, 1, 2, 3], background_index=4,
-                     white_background={"threshold": 200, "min_size": 50}, tile_size=128)
+                     white_background={"threshold": 200, "min_size": 50}, window=128)
     with torch_threads(1):
-        return save_bundle(tmp_path_factory.mktemp("model") / "model.pt", build_segmenter(spec), spec, meta)
+        return save_bundle(tmp_path_factory.mktemp("model") / "model.pt", create_model(spec), spec, meta)
 
 
 @pytest.fixture(scope="session")

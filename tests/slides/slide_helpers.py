@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tissueseg.engine.export import ModelMeta
+from tissueseg.models.bundle import ModelMeta
 from tissueseg.slides.outputs import write_pyramidal_tiff
 
 CLASSES = ["tumour", "stroma", "lymphocytes", "necrosis", "background"]
@@ -54,7 +54,7 @@ class PixelPredictor(nn.Module):
             self.mix.bias.copy_(torch.randn(num_classes, generator=g))
         self.meta = ModelMeta(method="test", classes=CLASSES[:num_classes], palette=PALETTE[:num_classes],
                               label_to_mask=list(range(num_classes)), background_index=background_index,
-                              tile_size=tile_size)
+                              window=tile_size)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

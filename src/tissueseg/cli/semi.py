@@ -33,13 +33,14 @@ def train(
 
     The best epoch by validation mDice is kept; `tissueseg semi evaluate` scores it on the test split.
     """
-    from tissueseg.methods.unisemalign import ROWS, run_semi
+    from tissueseg.methods.registry import get_method
+    from tissueseg.methods.unisemalign import ROWS
 
     with user_errors():
         run = _open(config)
         method = run.config.method
         rows = [r for r in ROWS if r == method or references]
-        results = run_semi(run, rows, evaluate=False)
+        results = get_method("unisemalign").stages["train"](run, rows)
     for row in rows:
         console.print(f"{row}: trained in {results.get(row, {}).get('train_seconds', '?')} s")
     console.print(f"checkpoints in {run.out_dir / 'checkpoints'}; next: tissueseg semi evaluate {config}")
@@ -48,12 +49,14 @@ def train(
 @semi_app.command("evaluate")
 def evaluate(config: ConfigArg) -> None:
     """Score every trained row on the test split (sliding window), write metrics.json, overlays and model.pt."""
-    from tissueseg.methods.unisemalign import evaluate_rows, labelled_records, results_table
+    from tissueseg.methods.registry import get_method, results_table
+    from tissueseg.methods.unisemalign import labelled_records
 
     with user_errors():
         run = _open(config)
         labelled, unlabelled = labelled_records(run)
-        results = evaluate_rows(run)
-    console.print(results_table(results, labelled=f"{len(labelled)} of {len(labelled) + len(unlabelled)} labelled"))
+        results = get_method("unisemalign").stages["evaluate"](run)
+    console.print(results_table(results, "semi",
+                                labelled=f"{len(labelled)} of {len(labelled) + len(unlabelled)} labelled"))
     console.print(f"metrics in {run.out_dir / 'metrics.json'}, overlays in {run.out_dir / 'overlays'}, "
                   f"model in {run.out_dir / 'model.pt'}")

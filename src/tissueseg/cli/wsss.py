@@ -1,12 +1,12 @@
 """`tissueseg wsss train-cls | pseudo-masks | train-seg | evaluate | run` — weakly supervised MLPS and PLIMSeg.
 
-The config's ``method`` (``mlps`` or ``plimseg``) picks the recipe; the stages are the same commands.
+The config's ``method`` (``mlps`` or ``plimseg``) picks the recipe from the method registry; the stages
+are the same commands.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated
 
 import typer
@@ -27,15 +27,11 @@ def _open(config: Path):
     return RunContext.open(load_config(config), console=console)
 
 
-def _method(run) -> ModuleType:
-    """The recipe module of the run's method."""
-    if run.config.method == "plimseg":
-        from tissueseg.methods import plimseg
+def _stage(run, stage: str):
+    """The run's method's function for CLI ``stage``."""
+    from tissueseg.methods.registry import get_method
 
-        return plimseg
-    from tissueseg.methods import mlps
-
-    return mlps
+    return get_method(run.config.method).stages[stage]
 
 
 @wsss_app.command("train-cls")
@@ -43,7 +39,7 @@ def train_cls(config: ConfigArg) -> None:
     """Stage 1: the patch classifier (MLPS: with PDA; PLIMSeg: the matcher, then the matching losses)."""
     with user_errors():
         run = _open(config)
-        _method(run).train_stage(run)
+        _stage(run, "train-cls")(run)
 
 
 @wsss_app.command("pseudo-masks")
@@ -51,7 +47,7 @@ def pseudo_masks(config: ConfigArg) -> None:
     """Write pseudo masks for the training patches and score them where masks exist."""
     with user_errors():
         run = _open(config)
-        report = _method(run).pseudo_masks_stage(run)
+        report = _stage(run, "pseudo-masks")(run)
     for i, layer in enumerate(report["layers"]):
         if layer is not None:
             console.print(f"layer {i + 1}: pseudo-mask mIoU {100 * layer['miou']:.1f}")
@@ -62,22 +58,21 @@ def train_seg(config: ConfigArg) -> None:
     """Stage 2: train DeepLabV3+ on the pseudo masks (Σ λ_l CE over their layers), gated at test time."""
     with user_errors():
         run = _open(config)
-        _method(run).train_segmenter_stage(run)
+        _stage(run, "train-seg")(run)
 
 
 @wsss_app.command("evaluate")
 def evaluate(config: ConfigArg) -> None:
     """Score the gated stage-2 model on the test split; writes metrics, overlays and model.pt."""
-    from tissueseg.engine.run import write_json
-    from tissueseg.methods.mlps import results_table
+    from tissueseg.methods.registry import get_method, results_table
 
     with user_errors():
         run = _open(config)
-        scores = _method(run).evaluate_stage(run)
-    write_json(run.out_dir / "test_metrics.json", scores)
-    key = "mlps" if run.config.method == "mlps" else f"plimseg_{run.config.plimseg.stage2}"
+        method = get_method(run.config.method)
+        scores = method.stages["evaluate"](run)
+    run.save_json(run.out_dir / "test_metrics.json", scores)
     named = {"matcher": scores["matcher"]} if scores.get("matcher") else {}
-    console.print(results_table({key: {"test": scores}, **named}, run.info.label_classes))
+    console.print(results_table({method.evaluate_key(run): {"test": scores}, **named}, "wsss", run.info.label_classes))
 
 
 @wsss_app.command("run")
@@ -87,12 +82,10 @@ def run_all(
                                                   "(PLIMSeg: and the other pseudo-mask variant).")] = False,
 ) -> None:
     """Chain all stages from one config; rerun to resume after an interruption."""
-    from tissueseg.methods.mlps import results_table
+    from tissueseg.methods.registry import get_method, results_table
 
     with user_errors():
         run = _open(config)
-        method = _method(run)
-        results = method.run_mlps(run, references) if run.config.method == "mlps" else method.run_plimseg(
-            run, references)
-    console.print(results_table(results, run.info.label_classes))
+        results = get_method(run.config.method).run(run, references)
+    console.print(results_table(results, "wsss", run.info.label_classes))
     console.print(f"outputs in {run.out_dir}")

@@ -1,12 +1,19 @@
-"""Image and mask file I/O with errors that name the file, and atomic writes."""
+"""Image and mask file I/O with errors that name the file, and atomic writes.
+
+:func:`atomic_path` is the one way the package writes a file: every writer (PNG, JSON, torch
+checkpoints and model files, TIFFs, slide outputs) goes through it, so a crash never leaves a
+half-written file.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -53,19 +60,48 @@ def palette_bytes(palette: Sequence[tuple[int, int, int]]) -> list[int]:
     return flat + [0] * (768 - len(flat))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the usual permissions (``0o666`` less the umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, payload: Any, indent: int = 2) -> Path:
+    """Write ``payload`` as JSON (``default=str`` for paths and the like); atomic."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=indent, default=str))
+    return Path(path)
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`atomic_path`: a crash never leaves a half-written checkpoint."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray,

@@ -456,7 +456,7 @@ def synthetic_slide(rng: np.random.Generator, rows: int = 4, cols: int = 6, patc
 def write_synthetic_slide(path: str | os.PathLike, seed: int = 0, mpp: float = 0.5, **layout) -> Path:
     """Write :func:`synthetic_slide` (``layout``: rows, cols, patch, margin) as a tiled pyramidal TIFF
     with ``mpp`` µm/px that ``tissueseg predict`` and OpenSlide open, and its mask as ``<stem>_mask.png``."""
-    from tissueseg.slides.outputs import write_pyramidal_tiff
+    from tissueseg.data.tiff import write_pyramidal_tiff
 
     image, mask = synthetic_slide(np.random.default_rng(seed), **layout)
 

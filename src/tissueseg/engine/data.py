@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,28 +17,53 @@ IGNORE = 255
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """How a network's K output classes (the image-label classes) map onto a dataset's mask indices.
+    """The classes a network predicts and how a dataset's mask values map onto them.
 
-    LUAD-HistoSeg: labels 0..3 are mask indices 0..3 and mask index 4 (white background) is outside
-    the label space; EBHI-Seg: labels 0..5 are mask indices 1..6 and mask index 0 is background.
+    :meth:`from_info` (weakly supervised): the image-label classes. LUAD-HistoSeg: labels 0..3 are
+    mask indices 0..3 and mask index 4 (white background) is outside the label space; EBHI-Seg:
+    labels 0..5 are mask indices 1..6 and mask index 0 is background.
+    :meth:`every_class` (semi-supervised): every class of the dataset, background included
+    (LUAD-HistoSeg's white background index 4 becomes the fifth class); with ``binary``,
+    background vs everything else.
     """
 
     to_mask: np.ndarray  # (K,) mask index of each output class
     to_label: np.ndarray  # (256,) label index of each mask value, IGNORE when outside the label space
+    names: list[str] = field(default_factory=list)  # output class names
+    palette: list[tuple[int, int, int]] = field(default_factory=list)
+    background: int | None = None  # output class that is background, when the network predicts it
 
     @classmethod
     def from_info(cls, info: DatasetInfo) -> "LabelSpace":
         to_mask = np.array([info.classes.index(name) for name in info.label_classes], dtype=np.int64)
         to_label = np.full(256, IGNORE, dtype=np.int64)
         to_label[to_mask] = np.arange(len(to_mask))
-        return cls(to_mask, to_label)
+        return cls(to_mask, to_label, list(info.label_classes), [tuple(info.palette[i]) for i in to_mask])
+
+    @classmethod
+    def every_class(cls, info: DatasetInfo, binary: bool = False) -> "LabelSpace":
+        to_label = np.full(256, IGNORE, dtype=np.int64)
+        k = len(info.classes)
+        if not binary:
+            to_label[:k] = np.arange(k)
+            return cls(np.arange(k), to_label, list(info.classes), [tuple(c) for c in info.palette],
+                       info.background_index)
+        if info.background_index is None:
+            raise ValueError(f"binary: true needs a background class, and the {info.format} classes "
+                             f"({', '.join(info.classes)}) have none "
+                             f"(fix: add a 'background' class or set binary: false)")
+        to_label[:k] = 1
+        to_label[info.background_index] = 0
+        foreground = info.classes[1 - info.background_index] if k == 2 else \
+            ("gland" if info.format == "ebhi-seg" else "foreground")
+        return cls(np.arange(2), to_label, ["background", foreground], [(0, 0, 0), (255, 255, 255)], 0)
 
     @property
     def num_classes(self) -> int:
         return len(self.to_mask)
 
     def mask_to_label(self, mask: np.ndarray) -> np.ndarray:
-        return self.to_label[np.clip(mask, 0, 255)]
+        return self.to_label[np.clip(np.asarray(mask), 0, 255)]
 
     def label_to_mask(self, label_map: torch.Tensor | np.ndarray):
         lut = torch.as_tensor(self.to_mask, device=label_map.device) if isinstance(label_map, torch.Tensor) \

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tissueseg.data.io import write_png
-from tissueseg.data.sample import DatasetInfo, Record, TissueDataset
+from tissueseg.data.sample import DatasetInfo, Record, Sample, TissueDataset
 from tissueseg.engine import distributed as dist_utils
 from tissueseg.engine.data import batches_by_size, images_to_tensor
 from tissueseg.metrics.confusion import ConfusionMeter
@@ -36,22 +36,42 @@ def summarize_scores(scores: dict, info: DatasetInfo) -> dict:
 
 
 @torch.no_grad()
-def evaluate_split(predict: PredictFn, dataset: TissueDataset, records: Sequence[Record], device: torch.device,
-                   batch_size: int = 8, overlay_dir: Path | None = None, n_overlays: int = 0) -> dict:
-    """Predict every record (sharded over DDP ranks), accumulate the confusion matrix and score it."""
+def score_records(predict: PredictFn, dataset: TissueDataset, records: Sequence[Record], device: torch.device,
+                  meter: ConfusionMeter, batch_size: int = 8, truth: Callable[[np.ndarray], np.ndarray] | None = None,
+                  names: Sequence[str] | None = None, palette: Sequence[tuple[int, int, int]] | None = None,
+                  overlay_dir: Path | None = None, n_overlays: int = 0,
+                  on_scored: Callable[[Sample, np.ndarray, np.ndarray], None] | None = None) -> ConfusionMeter:
+    """Predict every record (sharded over DDP ranks) into ``meter``, all-reduced over ranks; every method's
+    evaluation loop.
+
+    ``truth`` maps a sample's mask onto the predicted classes (default: as stored); ``names`` and
+    ``palette`` colour the first ``n_overlays`` overlays (default: the dataset's); ``on_scored(sample,
+    prediction, truth)`` sees every scored pair (e.g. for object metrics, all-reduced by the caller).
+    """
     info = dataset.info
-    meter = meter_for(info)
+    names = info.classes if names is None else names
+    palette = info.palette if palette is None else palette
     shard = list(records)[dist_utils.rank()::dist_utils.world_size()]
     written = 0
     for _, samples in batches_by_size(dataset, shard, batch_size):
         maps = predict(images_to_tensor(samples, device)).cpu().numpy()
         for sample, pred in zip(samples, maps):
-            if sample.mask is not None:
-                meter.update(pred, sample.mask)
+            gt = None if sample.mask is None else (sample.mask if truth is None else truth(sample.mask))
+            if gt is not None:
+                meter.update(pred, gt)
+                if on_scored is not None:
+                    on_scored(sample, pred, gt)
             if overlay_dir is not None and written < n_overlays and dist_utils.is_main_process():
-                panel = prediction_panel(sample.image, pred, info.classes, info.palette, sample.mask)
+                panel = prediction_panel(sample.image, pred, names, palette, gt)
                 write_png(overlay_dir / f"{Path(sample.path).stem}.png", panel)
                 written += 1
-    matrix = dist_utils.all_reduce_sum(torch.from_numpy(meter.matrix))
-    meter.matrix = matrix.numpy()
-    return summarize_scores(meter.compute(), info)
+    meter.matrix = dist_utils.all_reduce_sum(torch.from_numpy(meter.matrix)).numpy()
+    return meter
+
+
+def evaluate_split(predict: PredictFn, dataset: TissueDataset, records: Sequence[Record], device: torch.device,
+                   batch_size: int = 8, overlay_dir: Path | None = None, n_overlays: int = 0) -> dict:
+    """Scores of ``predict`` over ``records`` in the dataset's convention (:func:`meter_for`, :func:`summarize_scores`)."""
+    meter = score_records(predict, dataset, records, device, meter_for(dataset.info), batch_size,
+                          overlay_dir=overlay_dir, n_overlays=n_overlays)
+    return summarize_scores(meter.compute(), dataset.info)

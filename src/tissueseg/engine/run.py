@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,22 +13,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tissueseg.config import save_config
-from tissueseg.data.io import atomic_path
+from tissueseg.data.io import write_json
 from tissueseg.data.readers import open_dataset
 from tissueseg.data.sample import DatasetInfo, Record, TissueDataset
 from tissueseg.engine import distributed as dist_utils
 from tissueseg.engine.data import LabelSpace, resolve_splits
-from tissueseg.engine.trainer import resolve_device, seed_everything
+from tissueseg.engine.trainer import seed_everything
+from tissueseg.models.device import resolve_device
 
 FORMATS_WITH_WHITE_BACKGROUND = ("luad-histoseg",)
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (rank 0 only)."""
-    if not dist_utils.is_main_process():
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
 
 
 @dataclass
@@ -67,6 +59,11 @@ class RunContext:
             save_config(config, out_dir / "config.yaml")
         return cls(config, dataset, splits, LabelSpace.from_info(dataset.info), resolve_device(config.device),
                    out_dir, console or Console(), bool(detect and dataset.info.background_index is not None))
+
+    def save_json(self, path: Path, payload: Any) -> None:
+        """:func:`tissueseg.data.io.write_json` on rank 0 only (every rank runs the recipe; one writes)."""
+        if dist_utils.is_main_process():
+            write_json(path, payload)
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,7 +25,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from tissueseg.data.io import save_atomic
 from tissueseg.engine import distributed as dist_utils
+from tissueseg.models.device import autocast, resolve_device
+
+if TYPE_CHECKING:
+    from tissueseg.config import OptimConfig, RunSettings
 
 StepFn = Callable[[nn.Module, dict[str, Any]], Mapping[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
@@ -53,6 +58,14 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     grad_clip_norm: float | None = None  # clip the global gradient norm before each optimiser step
 
+    @classmethod
+    def of(cls, run: RunSettings, stage: OptimConfig) -> TrainConfig:
+        """A run's numeric settings (seed, device, AMP, workers) with one stage's optimiser section."""
+        return cls(epochs=stage.epochs, batch_size=stage.batch_size, lr=stage.lr, weight_decay=stage.weight_decay,
+                   amp=run.amp, channels_last=run.channels_last, num_workers=run.data.num_workers, seed=run.seed,
+                   device=run.device, max_steps_per_epoch=stage.max_steps_per_epoch,
+                   grad_clip_norm=stage.grad_clip_norm)
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
@@ -63,20 +76,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' → this rank's CUDA device when available, else CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op context elsewhere (bf16 on CPU is slower, not faster)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
@@ -102,12 +101,22 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float) -
     return base_lr * (1 - min(iteration, max_iterations) / max(max_iterations, 1)) ** power
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def load_best(model: nn.Module, path: Path, device: torch.device, submodule: str | None = None,
+              fix: str | None = None, what: str = "model") -> nn.Module:
+    """Load the weights of a checkpoint the Trainer wrote (``*_best.pt``) into ``model``; eval mode, on ``device``.
+
+    ``submodule``: when the checkpoint holds a larger network (keys ``<submodule>.…``), only that part
+    is loaded (a bare checkpoint of the part loads as it is). ``fix``: a missing file raises
+    FileNotFoundError naming ``what`` is missing and this fix.
+    """
+    if fix is not None and not path.exists():
+        raise FileNotFoundError(f"{path}: no trained {what} in this run folder (fix: {fix})")
+    state = torch.load(path, map_location=device, weights_only=False)["model"]
+    prefix = f"{submodule}." if submodule else None
+    if prefix and any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    return model.to(device).eval()
 
 
 class JsonLog:

@@ -9,53 +9,31 @@ loop, data plumbing and evaluation are in :mod:`tissueseg.engine`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.morphology import remove_small_objects
 from torch import nn
 
-from tissueseg.config import ClassifierConfig, SegmenterConfig, WSSSConfig
+from tissueseg.config import WSSSConfig
+from tissueseg.data.background import white_background
 from tissueseg.data.io import read_label_image, write_png
 from tissueseg.data.transforms import build_train_transforms
 from tissueseg.engine.data import IGNORE, SegmentationSamples, batches_by_size, images_to_tensor
 from tissueseg.engine.evaluate import PredictFn, evaluate_split, meter_for, summarize_scores
-from tissueseg.engine.export import ClassifierSpec, ModelMeta, SegmenterSpec, build_gate_classifier, save_bundle
-from tissueseg.engine.export import build_segmenter as build_segmenter_from_spec
-from tissueseg.engine.inference import predict_probabilities
-from tissueseg.engine.run import RunContext, write_json
-from tissueseg.engine.trainer import TrainConfig, Trainer, autocast
+from tissueseg.engine.losses import masked_cross_entropy
+from tissueseg.engine.run import RunContext
+from tissueseg.engine.trainer import TrainConfig, Trainer, load_best
+from tissueseg.methods.base import Method, ResultRow, wsss_stages
+from tissueseg.models.bundle import ClassifierSpec, ModelMeta, SegmenterSpec, create_model, save_bundle
+from tissueseg.models.classifier import PDAClassifier
 from tissueseg.models.deeplab import DeepLabV3Plus
+from tissueseg.models.device import autocast
+from tissueseg.models.inference import predict_probabilities
 
-if TYPE_CHECKING:
-    from rich.table import Table
-
-
-# --- Stage 1: classification with Progressive Dropout Attention ------------------------------------
-
-def class_activation_maps(features: torch.Tensor, classifier_weight: torch.Tensor) -> torch.Tensor:
-    """CAM M_k = ReLU(W_k · F): the classifier's 1×1 conv applied to the feature map, (N, K, h, w)."""
-    return F.relu(F.conv2d(features, classifier_weight))
-
-
-def progressive_dropout_attention(features: torch.Tensor, classifier_weight: torch.Tensor,
-                                  gamma: float) -> torch.Tensor:
-    """PDA (paper Eq. 1–3; official ``Attention_Module``).
-
-    Per class, β_k = γ·max(M_k); CAM values above β_k are dropped (set to 0) so the most
-    discriminative regions stop dominating; the attention map A is the mean of the dropped CAMs over
-    classes, and the features are multiplied by A before pooling.
-    """
-    cams = class_activation_maps(features, classifier_weight)
-    beta = gamma * cams.amax(dim=(2, 3), keepdim=True)
-    dropped = torch.where(cams > beta, torch.zeros_like(cams), cams)
-    return features * dropped.mean(dim=1, keepdim=True)
-
+# --- Stage 1: classification with Progressive Dropout Attention (the network: tissueseg.models.classifier) --
 
 def pda_gamma(epoch: int, start_epoch: int = 3, decay: float = 0.985, floor: float = 0.65,
               origin: int | None = None) -> float | None:
@@ -67,46 +45,6 @@ def pda_gamma(epoch: int, start_epoch: int = 3, decay: float = 0.985, floor: flo
     if epoch < start_epoch:
         return None
     return max(floor, decay ** (epoch - (start_epoch if origin is None else origin)))
-
-
-class PDAClassifier(nn.Module):
-    """Backbone → (PDA) → Dropout2d → global average pooling → 1×1 conv classifier (no bias).
-
-    ``gamma`` is set per epoch by the training recipe; ``None`` trains a plain CAM classifier.
-    """
-
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.5):
-        super().__init__()
-        self.backbone = backbone
-        self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(backbone.feature_channels[-1], num_classes, 1, bias=False)
-        nn.init.xavier_uniform_(self.classifier.weight)
-        self.gamma: float | None = None
-
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits and all backbone maps (shallow → deep); PDA is applied only while training."""
-        feats = self.backbone(x)
-        top = feats[-1]
-        if self.training and self.gamma is not None:
-            top = progressive_dropout_attention(top, self.classifier.weight, self.gamma)
-        pooled = F.adaptive_avg_pool2d(self.dropout(top), 1)
-        return self.classifier(pooled).flatten(1), feats
-
-    def forward(self, x: torch.Tensor, with_cams: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Logits; with ``with_cams`` also the raw CAM head output W·F of the deepest map (N, K, h, w)."""
-        logits, feats = self.forward_features(x)
-        if with_cams:
-            return logits, F.conv2d(feats[-1], self.classifier.weight)
-        return logits
-
-    def parameter_groups(self, head_lr_mult: float = 10.0) -> list[dict]:
-        """Backbone at the base LR, the from-scratch classifier ×``head_lr_mult`` (official code: ×10)."""
-        return [{"params": list(self.backbone.parameters()), "lr_mult": 1.0},
-                {"params": list(self.classifier.parameters()), "lr_mult": head_lr_mult}]
-
-    def cam(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain CAM of the deepest layer (the one-layer baseline), (N, K, h, w)."""
-        return class_activation_maps(self.backbone(x)[-1], self.classifier.weight)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -158,12 +96,6 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor, mode: str = "global
     raise ValueError(f"unknown CAM normalisation {mode!r} (fix: use 'global' or 'per_class')")
 
 
-def white_background(image: np.ndarray, threshold: int = 200, min_size: int = 50) -> np.ndarray:
-    """White background / lumen detection: grayscale > ``threshold``, objects < ``min_size`` px removed."""
-    gray = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return remove_small_objects(gray > threshold, max_size=max(min_size - 1, 0))
-
-
 def pseudo_mask(cams: torch.Tensor, labels: torch.Tensor, background: torch.Tensor | None,
                 background_index: int | None) -> torch.Tensor:
     """Class map from normalised CAMs: argmax over the labelled classes; background where detected.
@@ -197,13 +129,8 @@ def multi_layer_pseudo_supervision_loss(logits: torch.Tensor, pseudo_masks: Sequ
     if len(pseudo_masks) != len(weights):
         raise ValueError(f"{len(pseudo_masks)} pseudo masks but {len(weights)} layer weights")
     logits = logits.float()
-    return sum(w * masked_cross_entropy(logits, pm, ignore_index) for w, pm in zip(weights, pseudo_masks))
-
-
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Mean CE over non-ignored pixels; 0 (not NaN) when a batch has none, e.g. all-white patches."""
-    total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
-    return total / (target != ignore_index).sum().clamp_min(1)
+    return sum(w * masked_cross_entropy(logits, pm, ignore_index=ignore_index)
+               for w, pm in zip(weights, pseudo_masks))
 
 
 def classification_gate(probabilities: torch.Tensor, class_probabilities: torch.Tensor,
@@ -225,19 +152,12 @@ def segmenter_spec(cfg: WSSSConfig, num_classes: int) -> SegmenterSpec:
 
 def build_classifier(cfg: WSSSConfig, num_classes: int) -> PDAClassifier:
     """Stage-1 network on the configured registry encoder."""
-    return build_gate_classifier(classifier_spec(cfg, num_classes), cfg.backbone.pretrained)
+    return create_model(classifier_spec(cfg, num_classes), cfg.backbone.pretrained)
 
 
 def build_segmenter(cfg: WSSSConfig, num_classes: int) -> DeepLabV3Plus:
     """Stage-2 DeepLabV3+ on the configured registry encoder."""
-    return build_segmenter_from_spec(segmenter_spec(cfg, num_classes), cfg.backbone.pretrained)
-
-
-def _train_config(cfg: WSSSConfig, stage: ClassifierConfig | SegmenterConfig) -> TrainConfig:
-    return TrainConfig(epochs=stage.epochs, batch_size=stage.batch_size, lr=stage.lr,
-                       weight_decay=stage.weight_decay, amp=cfg.amp, channels_last=cfg.channels_last,
-                       num_workers=cfg.data.num_workers, seed=cfg.seed, device=cfg.device,
-                       grad_clip_norm=stage.grad_clip_norm)
+    return create_model(segmenter_spec(cfg, num_classes), cfg.backbone.pretrained)
 
 
 CamLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
@@ -253,7 +173,7 @@ def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier"
     cfg = run.config
     c = cfg.classifier
     model = build_classifier(cfg, run.space.num_classes)
-    trainer = Trainer(model, _train_config(cfg, c), run.out_dir, name=name, console=run.console,
+    trainer = Trainer(model, TrainConfig.of(cfg, c), run.out_dir, name=name, console=run.console,
                       param_groups=model.parameter_groups(c.head_lr_mult))
     train_set = SegmentationSamples(run.dataset, run.splits["train"],
                                     build_train_transforms(cfg.data.crop_size, scale=tuple(c.crop_scale)), run.space)
@@ -300,13 +220,6 @@ def classification_f1(model: nn.Module, run: RunContext, records: Sequence) -> f
         fn += ((1 - pred) * labels).sum(0)
     f1 = 2 * tp / (2 * tp + fp + fn).clamp_min(1)
     return float(f1.mean())
-
-
-def load_best(model: nn.Module, path: Path, device: torch.device) -> nn.Module:
-    """Load a ``*_best.pt`` checkpoint into ``model`` (eval mode, on ``device``)."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
 
 
 CamFn = Callable[[torch.Tensor], list[torch.Tensor]]
@@ -371,7 +284,7 @@ def make_pseudo_masks(run: RunContext, cam_fn: CamFn, folder: str, n_layers: int
             advance(len(samples))
     report = {"folder": folder, "patches": len(records), "scored_against_ground_truth": scored,
               "layers": [summarize_scores(m.compute(), info) if scored else None for m in meters]}
-    write_json(root / "report.json", report)
+    run.save_json(root / "report.json", report)
     return report
 
 
@@ -392,7 +305,7 @@ def train_segmenter(run: RunContext, masks: Callable[[int], list[np.ndarray]] | 
     cfg = run.config
     s = cfg.segmenter
     model = build_segmenter(cfg, run.space.num_classes)
-    trainer = Trainer(model, _train_config(cfg, s), run.out_dir, name=name, console=run.console,
+    trainer = Trainer(model, TrainConfig.of(cfg, s), run.out_dir, name=name, console=run.console,
                       param_groups=model.parameter_groups(s.head_lr_mult))
     train_set = SegmentationSamples(run.dataset, run.splits["train"], build_train_transforms(cfg.data.crop_size),
                                     run.space, use_mask=masks is None, extra_masks=masks)
@@ -457,11 +370,8 @@ CAM_FOLDER = "cam_masks"
 
 def load_stage(run: RunContext, model: nn.Module, name: str, command: str) -> nn.Module:
     """Load ``<name>_best.pt`` from the run folder, or say which command produces it."""
-    path = run.out_dir / "checkpoints" / f"{name}_best.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no trained {name} in this run folder "
-                                f"(fix: run `tissueseg wsss {command} CONFIG.yaml` first)")
-    return load_best(model, path, run.device)
+    return load_best(model, run.out_dir / "checkpoints" / f"{name}_best.pt", run.device, what=name,
+                     fix=f"run `tissueseg wsss {command} CONFIG.yaml` first")
 
 
 def load_classifier(run: RunContext, name: str = "classifier") -> PDAClassifier:
@@ -507,7 +417,7 @@ def export_model(run: RunContext, segmenter: nn.Module, classifier: nn.Module, m
     meta = ModelMeta(method=method, classes=list(info.classes), palette=[tuple(c) for c in info.palette],
                      label_to_mask=[int(i) for i in run.space.to_mask], background_index=info.background_index,
                      white_background={"threshold": d.white_threshold, "min_size": d.min_background_size}
-                     if run.background_detection else None, tile_size=d.crop_size, mpp=d.mpp)
+                     if run.background_detection else None, window=d.crop_size, train_crop=d.crop_size, mpp=d.mpp)
     return save_bundle(run.out_dir / "model.pt", segmenter, segmenter_spec(run.config, run.space.num_classes), meta,
                        classifier, classifier_spec(run.config, run.space.num_classes))
 
@@ -529,7 +439,7 @@ def run_mlps(run: RunContext, references: bool = True) -> dict:
     results["mlps"] = {"test": evaluate_stage(run)}
     if references:
         results.update(reference_results(run))
-    write_json(run.out_dir / "metrics.json", results)
+    run.save_json(run.out_dir / "metrics.json", results)
     return results
 
 
@@ -549,32 +459,10 @@ def reference_results(run: RunContext) -> dict:
     return results
 
 
-def results_table(results: dict, class_names: Sequence[str]) -> Table:
-    """Rows CAM baseline, MLPS, PLIMSeg (whichever ran): pseudo masks per layer on train, stage 2 on test,
-    and the fully supervised reference; mIoU, FwIoU and per-class IoU."""
-    from rich.table import Table
-
-    def fmt(v: float | None) -> str:
-        return "-" if v is None or math.isnan(v) else f"{100 * v:.1f}"
-
-    caption = f"PLIMSeg matcher: {results['matcher']}" if "matcher" in results else None
-    table = Table(title="Weakly supervised segmentation (IoU %, scored in the dataset's convention)", caption=caption)
-    for col in ["row", "scored on", "mIoU", "FwIoU", *class_names]:
-        table.add_column(col, justify="left" if col in ("row", "scored on") else "right")
-
-    def add(row: str, split: str, s: dict | None) -> None:
-        if s is not None:
-            table.add_row(row, split, fmt(s["miou"]), fmt(s["fwiou"]), *[fmt(s["iou"].get(c)) for c in class_names])
-
-    for key, name, test_row in ROWS:
-        layers = (results.get(f"{key}_pseudo_masks") or {}).get("layers", [])
-        for l, layer in enumerate(layers):
-            add(f"{name} pseudo masks" + (f", layer {l + 1}" if len(layers) > 1 else ""), "train", layer)
-        add(test_row, "test", (results.get(key) or {}).get("test"))
-    return table
-
-
-ROWS = (("cam", "CAM baseline", "CAM baseline"), ("mlps", "MLPS", "MLPS (stage 2, gated)"),
-        ("plimseg_cam", "PLIMSeg", "PLIMSeg (stage 2, gated)"),
-        ("plimseg_mlps", "PLIMSeg Grad-CAM", "PLIMSeg + MLPS stage 2 (gated)"),
-        ("supervised", "fully supervised", "fully supervised"))
+METHOD = Method(
+    "mlps", "wsss", run_mlps,
+    stages=wsss_stages(train_stage, pseudo_masks_stage, train_segmenter_stage, evaluate_stage),
+    rows=(ResultRow("cam", "CAM baseline", 10, pseudo_masks="CAM baseline"),
+          ResultRow("mlps", "MLPS (stage 2, gated)", 20, pseudo_masks="MLPS"),
+          ResultRow("supervised", "fully supervised", 90, pseudo_masks="fully supervised")),
+    evaluate_key=lambda run: "mlps")

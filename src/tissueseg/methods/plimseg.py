@@ -39,10 +39,12 @@ from tissueseg.data.transforms import build_train_transforms
 from tissueseg.engine import distributed as dist_utils
 from tissueseg.engine.data import SegmentationSamples
 from tissueseg.engine.evaluate import evaluate_split
-from tissueseg.engine.run import RunContext, write_json
-from tissueseg.engine.trainer import TrainConfig, Trainer
+from tissueseg.engine.run import RunContext
+from tissueseg.engine.trainer import TrainConfig, Trainer, load_best
 from tissueseg.methods import mlps
-from tissueseg.models.encoder import build_encoder
+from tissueseg.methods.base import Method, ResultRow, wsss_stages
+from tissueseg.models.bundle import MatcherSpec, create_model
+from tissueseg.models.classifier import PDAClassifier
 from tissueseg.models.matcher import LabelTrainedMatcher
 
 SIMILARITY_CLAMP = 1e-4  # CLIMS clamps cosine similarities to [1e-4, 1 - 1e-4] before the logs
@@ -179,7 +181,7 @@ def check_settings(run: RunContext, name: str, settings: dict) -> None:
                              f"{path.parent}/{name}_* to retrain it)")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, settings)
+    run.save_json(path, settings)
 
 
 def _prompts_digest(bank: PromptBank) -> str:
@@ -257,17 +259,14 @@ def train_matcher(run: RunContext, name: str = "matcher") -> LabelTrainedMatcher
     bank = prompt_bank(run)
     rows = prompt_rows(bank)
     text, text_name = _text_embeddings(run, m, [p for row in rows for p in row])
-    matcher = LabelTrainedMatcher(build_encoder(m.backbone, matcher_pretrained(cfg)), rows, text, text_name,
-                                  m.backbone)
+    matcher = create_model(MatcherSpec(m.backbone, rows, text_name, text), matcher_pretrained(cfg))
     prior = positive_rate(run.splits["train"], len(rows))
     if prior is not None:  # start at the label prior, not at "nothing matches" (which kept val F1 at 0)
         matcher.logit_bias.data.fill_(math.log(prior / (1 - prior)))
     head = [p for n, p in matcher.named_parameters() if not n.startswith("encoder.")]
     groups = [{"params": list(matcher.encoder.parameters()), "lr_mult": 1.0},
               {"params": head, "lr_mult": m.head_lr_mult}]
-    train_config = TrainConfig(epochs=m.epochs, batch_size=m.batch_size, lr=m.lr, weight_decay=m.weight_decay,
-                               amp=cfg.amp, channels_last=cfg.channels_last, num_workers=cfg.data.num_workers,
-                               seed=cfg.seed, device=cfg.device, grad_clip_norm=m.grad_clip_norm)
+    train_config = TrainConfig.of(cfg, m)
     trainer = Trainer(matcher, train_config, run.out_dir, param_groups=groups, name=name, console=run.console)
     train_set = SegmentationSamples(run.dataset, run.splits["train"], build_train_transforms(cfg.data.crop_size),
                                     run.space)
@@ -281,7 +280,7 @@ def train_matcher(run: RunContext, name: str = "matcher") -> LabelTrainedMatcher
 
     trainer.fit(train_set, step, evaluate=evaluate, select="val_f1")
     dist_utils.barrier()  # every rank loads the best matcher rank 0 wrote
-    return mlps.load_best(matcher, trainer.best_path, trainer.device)
+    return load_best(matcher, trainer.best_path, trainer.device)
 
 
 def matcher_pretrained(cfg: WSSSConfig) -> bool | str:
@@ -299,7 +298,7 @@ def matcher_pretrained(cfg: WSSSConfig) -> bool | str:
 CLASSIFIER = "plim_classifier"
 
 
-def train_plim_classifier(run: RunContext, matcher: Matcher) -> mlps.PDAClassifier:
+def train_plim_classifier(run: RunContext, matcher: Matcher) -> PDAClassifier:
     """PLIMSeg stage 1: classification loss + the weighted matching losses on the CAMs.
 
     The losses run inside the engine's bf16 autocast on GPU, matcher included.
@@ -319,12 +318,12 @@ def train_plim_classifier(run: RunContext, matcher: Matcher) -> mlps.PDAClassifi
                                  classification_weight=p.classification_weight)
 
 
-def train_stage(run: RunContext) -> mlps.PDAClassifier:
+def train_stage(run: RunContext) -> PDAClassifier:
     """``wsss train-cls`` for PLIMSeg: the matcher (trained or loaded), then stage 1."""
     return train_plim_classifier(run, build_matcher(run))
 
 
-def load_plim_classifier(run: RunContext) -> mlps.PDAClassifier:
+def load_plim_classifier(run: RunContext) -> PDAClassifier:
     return mlps.load_classifier(run, CLASSIFIER)
 
 
@@ -346,7 +345,7 @@ def pseudo_masks_stage(run: RunContext, variant: str | None = None) -> dict:
     cams = mlps.plain_cam(classifier) if variant == "cam" else mlps.grad_cam_layers(classifier, layers)
     report = mlps.make_pseudo_masks(run, cams, pseudo_mask_folder(variant), len(layers))
     report["matcher"] = matcher_name(run)
-    write_json(run.out_dir / pseudo_mask_folder(variant) / "report.json", report)
+    run.save_json(run.out_dir / pseudo_mask_folder(variant) / "report.json", report)
     return report
 
 
@@ -402,7 +401,7 @@ def run_plimseg(run: RunContext, references: bool = False) -> dict:
         results.update(run_variant(run, variant))
     if references:
         results.update(mlps.reference_results(run))
-    write_json(run.out_dir / "metrics.json", results)
+    run.save_json(run.out_dir / "metrics.json", results)
     return results
 
 
@@ -435,3 +434,12 @@ def loss_ablations(config: WSSSConfig, console=None, losses: Sequence[str] | Non
         train_plim_classifier(run, build_matcher(run))
         results[f"no_{loss}"] = pseudo_masks_stage(run, "cam")
     return results
+
+
+METHOD = Method(
+    "plimseg", "wsss", run_plimseg,
+    stages=wsss_stages(train_stage, pseudo_masks_stage, train_segmenter_stage, evaluate_stage),
+    rows=(ResultRow("plimseg_cam", "PLIMSeg (stage 2, gated)", 30, pseudo_masks="PLIMSeg"),
+          ResultRow("plimseg_mlps", "PLIMSeg + MLPS stage 2 (gated)", 40, pseudo_masks="PLIMSeg Grad-CAM")),
+    evaluate_key=lambda run: f"plimseg_{run.config.plimseg.stage2}",
+    caption=lambda results: f"PLIMSeg matcher: {results['matcher']}" if "matcher" in results else None)

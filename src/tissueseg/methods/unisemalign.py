@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,22 +28,22 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from tissueseg.config import SemiConfig, UniSemAlignSettings
-from tissueseg.data.io import write_png
-from tissueseg.data.sample import DatasetError, DatasetInfo, Problem, Record, TissueDataset
+from tissueseg.data.sample import DatasetError, Problem, Record, Sample, TissueDataset
 from tissueseg.data.transforms import apply_pair, build_train_transforms
 from tissueseg.engine import distributed as dist_utils
-from tissueseg.engine.data import IGNORE, batches_by_size, images_to_tensor
-from tissueseg.engine.export import ModelMeta, SegmenterSpec, build_segmenter, save_bundle
-from tissueseg.engine.inference import predict_probabilities
-from tissueseg.engine.run import RunContext, write_json
-from tissueseg.engine.trainer import JsonLog, TrainConfig, Trainer, autocast, unwrap
+from tissueseg.engine.data import IGNORE, LabelSpace
+from tissueseg.engine.evaluate import score_records
+from tissueseg.engine.losses import masked_cross_entropy
+from tissueseg.engine.run import RunContext
+from tissueseg.engine.trainer import JsonLog, TrainConfig, Trainer, load_best, unwrap
+from tissueseg.methods.base import Method, ResultRow
 from tissueseg.metrics.confusion import ConfusionMeter
 from tissueseg.metrics.objects import glas_object_metrics, instances_from_binary
-from tissueseg.models.deeplab import DeepLabV3Plus, frozen_bn_statistics
-from tissueseg.models.text import TextBranch, build_text_encoder
-
-if TYPE_CHECKING:
-    from rich.table import Table
+from tissueseg.models.bundle import ModelMeta, SegmenterSpec, TextSpec, UniSemAlignSpec, create_model, save_bundle
+from tissueseg.models.deeplab import DeepLabV3Plus
+from tissueseg.models.device import autocast
+from tissueseg.models.inference import predict_probabilities
+from tissueseg.models.unisemalign import UniSemAlignNet  # noqa: F401  (the network, built by create_model)
 
 
 # --- Paper part 1: prototype and text branches, alignment, fused scores ----------------------------
@@ -70,91 +69,6 @@ def fuse_scores(deeplab_logits: torch.Tensor, proto_logits: torch.Tensor | None 
     if text_logits is not None and beta:
         fused = fused + beta * text_logits
     return fused
-
-
-class UniSemAlignNet(nn.Module):
-    """DeepLabV3+ (``segmenter``) + pixel projection, prototypes and text branch.
-
-    ``net(images)`` gives ``{"out": logits}`` (plus ``pixel`` embeddings when a branch is on);
-    ``net(labelled, weak, strong)`` runs one semi-supervised step's forward (one call, DDP-safe):
-    the labelled and weak images in one batch, the weak ones also through the feature-perturbation
-    branch (Dropout2d on both encoder maps), the strong ones in a second pass.
-
-    Parameters
-    ----------
-    segmenter : the DeepLabV3+ (what is exported and evaluated).
-    num_classes : C.
-    text : the text branch (class embeddings in the shared space), or None.
-    prototypes : learn C×D prototypes.
-    embed_dim : D (paper 256).
-    fp_dropout : feature-perturbation Dropout2d rate (paper 0.5).
-    threshold_init : initial pseudo-label confidence threshold (kept in a buffer, checkpointed).
-    clean_bn_statistics : BatchNorm running statistics (what evaluation uses) come from the clean
-        labelled and weak images only; the strong and feature-perturbed passes normalise with their
-        own batch statistics without updating them (ours; official: every pass updates them).
-    """
-
-    def __init__(self, segmenter: DeepLabV3Plus, num_classes: int, text: TextBranch | None = None,
-                 prototypes: bool = True, embed_dim: int = 256, fp_dropout: float = 0.5,
-                 threshold_init: float = 0.7, clean_bn_statistics: bool = True):
-        super().__init__()
-        self.segmenter = segmenter
-        self.clean_bn_statistics = clean_bn_statistics
-        self.num_classes = num_classes
-        self.text = text
-        self.prototypes = (nn.Parameter(torch.randn(num_classes, embed_dim) / math.sqrt(embed_dim))
-                           if prototypes else None)
-        high = segmenter.encoder.feature_channels[-1]
-        # official ``proj``: 3×3 conv + BN + ReLU + Dropout2d(0.1) on the high-level encoder map
-        self.project = (nn.Sequential(nn.Conv2d(high, embed_dim, 3, padding=1), nn.BatchNorm2d(embed_dim),
-                                      nn.ReLU(inplace=True), nn.Dropout2d(0.1))
-                        if prototypes or text is not None else None)
-        self.fp_dropout = nn.Dropout2d(fp_dropout)
-        self.register_buffer("threshold", torch.tensor(float(threshold_init)))
-
-    def _decode(self, low: torch.Tensor, high: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        seg = self.segmenter
-        return F.interpolate(seg.head(seg.decoder(low, high)), size=size, mode="bilinear", align_corners=False)
-
-    def _branches(self, out: dict) -> None:
-        if self.prototypes is not None:
-            out["prototypes"] = self.prototypes
-        if self.text is not None:
-            out["text"] = self.text()
-
-    def forward(self, images: torch.Tensor, weak: torch.Tensor | None = None,
-                strong: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        seg = self.segmenter
-        size = images.shape[-2:]
-        out: dict[str, torch.Tensor] = {}
-        if weak is None:
-            feats = seg.encoder(images)
-            out["out"] = self._decode(feats[seg.low_level_index], feats[-1], size)
-            if self.project is not None:
-                out["pixel"] = self.project(feats[-1])
-            self._branches(out)
-            return out
-        n_l, n_u = images.shape[0], weak.shape[0]
-        feats = seg.encoder(torch.cat([images, weak]))
-        low, high = feats[seg.low_level_index], feats[-1]
-        if self.clean_bn_statistics:
-            out["labelled"], out["weak"] = self._decode(low, high, size).split([n_l, n_u])
-            with frozen_bn_statistics(seg.decoder):
-                out["weak_fp"] = self._decode(self.fp_dropout(low[n_l:]), self.fp_dropout(high[n_l:]), size)
-        else:
-            low = torch.cat([low, self.fp_dropout(low[n_l:])])
-            high_all = torch.cat([high, self.fp_dropout(high[n_l:])])
-            out["labelled"], out["weak"], out["weak_fp"] = self._decode(low, high_all, size).split([n_l, n_u, n_u])
-        if self.project is not None:
-            out["labelled_pixel"], out["weak_pixel"] = self.project(high).split([n_l, n_u])
-        if strong is not None:
-            with frozen_bn_statistics(self if self.clean_bn_statistics else None):
-                s_feats = seg.encoder(strong)
-                out["strong"] = self._decode(s_feats[seg.low_level_index], s_feats[-1], size)
-                if self.project is not None:
-                    out["strong_pixel"] = self.project(s_feats[-1])
-        self._branches(out)
-        return out
 
 
 def branch_logits(pixel: torch.Tensor | None, out: dict, size: tuple[int, int], scale: float = 1.0,
@@ -230,13 +144,6 @@ def cutmix(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     partner = x.roll(1, dims=0)
     mask = box.view(box.shape[0], *([1] * (x.ndim - 3)), *box.shape[-2:])
     return torch.where(mask, partner, x)
-
-
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor,
-                         n_valid: torch.Tensor | int) -> torch.Tensor:
-    """Σ CE over kept pixels / number of valid pixels (the official unlabelled CE normalisation)."""
-    ce = F.cross_entropy(logits.float(), target, reduction="none")
-    return (ce * keep).sum() / max(float(n_valid), 1.0)
 
 
 def kl_consistency(strong_logits: torch.Tensor, weak_probs: torch.Tensor, keep: torch.Tensor,
@@ -330,44 +237,6 @@ def unisemalign_losses(out: dict, batch: dict, threshold: torch.Tensor, settings
 
 # --- Recipe: label space and data ------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class SemiSpace:
-    """Classes the network predicts and how dataset mask values map onto them.
-
-    Every class of the dataset is a class here, background included (LUAD-HistoSeg's white
-    background index 4 becomes the fifth class); with ``binary``, background vs everything else.
-    """
-
-    names: list[str]
-    palette: list[tuple[int, int, int]]
-    to_label: np.ndarray  # (256,) label of each mask value, IGNORE outside
-    background: int | None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.names)
-
-    def mask_to_label(self, mask: np.ndarray) -> np.ndarray:
-        return self.to_label[np.clip(np.asarray(mask), 0, 255)]
-
-    @classmethod
-    def from_info(cls, info: DatasetInfo, binary: bool = False) -> "SemiSpace":
-        to_label = np.full(256, IGNORE, dtype=np.int64)
-        k = len(info.classes)
-        if not binary:
-            to_label[:k] = np.arange(k)
-            return cls(list(info.classes), [tuple(c) for c in info.palette], to_label, info.background_index)
-        if info.background_index is None:
-            raise ValueError(f"binary: true needs a background class, and the {info.format} classes "
-                             f"({', '.join(info.classes)}) have none "
-                             f"(fix: add a 'background' class or set binary: false)")
-        to_label[:k] = 1
-        to_label[info.background_index] = 0
-        foreground = info.classes[1 - info.background_index] if k == 2 else \
-            ("gland" if info.format == "ebhi-seg" else "foreground")
-        return cls(["background", foreground], [(0, 0, 0), (255, 255, 255)], to_label, 0)
-
-
 def strong_augmentation() -> v2.Compose:
     """Strong photometric view (official): colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5)."""
     return v2.Compose([v2.RandomApply([v2.ColorJitter(0.5, 0.5, 0.5, 0.25)], p=0.8),
@@ -391,7 +260,7 @@ class SemiPairs(Dataset):
     """
 
     def __init__(self, dataset: TissueDataset, labelled: Sequence[Record], unlabelled: Sequence[Record],
-                 space: SemiSpace, crop_size: int, length: int | None = None, cutmix_prob: float = 0.5,
+                 space: LabelSpace, crop_size: int, length: int | None = None, cutmix_prob: float = 0.5,
                  seed: int = 0):
         if not labelled:
             raise ValueError("no labelled training image (fix: raise labelled_fraction / labelled_count)")
@@ -485,7 +354,7 @@ def keep_frozen_in_eval(segmenter: DeepLabV3Plus, frozen: bool) -> None:
         segmenter.encoder.eval()
 
 
-def class_names_for_text(cfg: SemiConfig, space: SemiSpace) -> list[str]:
+def class_names_for_text(cfg: SemiConfig, space: LabelSpace) -> list[str]:
     names = cfg.text.class_names or space.names
     if len(names) != space.num_classes:
         raise ValueError(f"text.class_names has {len(names)} names but the model predicts {space.num_classes} "
@@ -493,28 +362,28 @@ def class_names_for_text(cfg: SemiConfig, space: SemiSpace) -> list[str]:
     return list(names)
 
 
-def build_text_branch(cfg: SemiConfig, space: SemiSpace, out_dir: Path | None) -> TextBranch:
+def text_spec(cfg: SemiConfig, space: LabelSpace, out_dir: Path | None) -> TextSpec:
     t = cfg.text
-    encoder = build_text_encoder(class_names_for_text(cfg, space), t.encoder, cfg.unisemalign.embed_dim,
-                                 t.clip_model, t.clip_weights, t.n_ctx, t.learnable_context, t.prompt_template,
-                                 t.minilm_path, cache_file=None if out_dir is None else out_dir / "text_embeddings.pt")
-    return TextBranch(encoder, cfg.unisemalign.embed_dim)
+    return TextSpec(class_names_for_text(cfg, space), t.encoder, t.clip_model, t.clip_weights, t.n_ctx,
+                    t.learnable_context, t.prompt_template, t.minilm_path,
+                    cache_file=None if out_dir is None else out_dir / "text_embeddings.pt")
 
 
-def build_network(cfg: SemiConfig, space: SemiSpace, row: str, settings: UniSemAlignSettings | None = None,
+def build_network(cfg: SemiConfig, space: LabelSpace, row: str, settings: UniSemAlignSettings | None = None,
                   out_dir: Path | None = None) -> nn.Module:
     """The row's network: a DeepLabV3+ (references) or a :class:`UniSemAlignNet` around one."""
-    segmenter = build_segmenter(segmenter_spec(cfg, space.num_classes), cfg.backbone.pretrained)
-    segmenter.decoder.aspp.set_dropout(cfg.train.aspp_dropout)
+    spec = segmenter_spec(cfg, space.num_classes)
+    if row not in ("supervised", "fully_supervised"):
+        s = settings or cfg.unisemalign
+        use_branches = row == "unisemalign"
+        spec = UniSemAlignSpec(spec, text_spec(cfg, space, out_dir) if use_branches and s.text else None,
+                               use_branches and s.prototypes, s.embed_dim, s.fp_dropout, s.threshold_init,
+                               s.clean_bn_statistics)
+    model = create_model(spec, cfg.backbone.pretrained)
+    segmenter_of(model).decoder.aspp.set_dropout(cfg.train.aspp_dropout)
     if cfg.backbone.freeze:
-        freeze_encoder(segmenter)
-    if row in ("supervised", "fully_supervised"):
-        return segmenter
-    s = settings or cfg.unisemalign
-    use_branches = row == "unisemalign"
-    text = build_text_branch(cfg, space, out_dir) if use_branches and s.text else None
-    return UniSemAlignNet(segmenter, space.num_classes, text, use_branches and s.prototypes, s.embed_dim,
-                          s.fp_dropout, s.threshold_init, s.clean_bn_statistics)
+        freeze_encoder(segmenter_of(model))
+    return model
 
 
 def segmenter_of(model: nn.Module) -> DeepLabV3Plus:
@@ -529,15 +398,9 @@ def parameter_groups(model: nn.Module, head_lr_mult: float) -> list[dict]:
             {"params": [p for _, p in trainable if id(p) not in encoder], "lr_mult": head_lr_mult}]
 
 
-def train_config(cfg: SemiConfig) -> TrainConfig:
-    t = cfg.train
-    return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
-                       amp=cfg.amp, channels_last=cfg.channels_last, num_workers=cfg.data.num_workers,
-                       seed=cfg.seed, device=cfg.device, max_steps_per_epoch=t.max_steps_per_epoch)
-
-
-def semi_space(run: RunContext) -> SemiSpace:
-    return SemiSpace.from_info(run.info, run.config.binary)
+def semi_space(run: RunContext) -> LabelSpace:
+    """Every class of the dataset (or background vs foreground with ``binary``): what the rows predict."""
+    return LabelSpace.every_class(run.info, run.config.binary)
 
 
 def train_row(run: RunContext, row: str, name: str | None = None,
@@ -555,7 +418,7 @@ def train_row(run: RunContext, row: str, name: str | None = None,
     settings = settings or cfg.unisemalign
     space = semi_space(run)
     labelled, unlabelled = labelled_records(run)
-    write_json(run.out_dir / "labelled_split.json", {"labelled": [str(r.image_path) for r in labelled],
+    run.save_json(run.out_dir / "labelled_split.json", {"labelled": [str(r.image_path) for r in labelled],
                                                      "unlabelled": [str(r.image_path) for r in unlabelled]})
     length = max(len(labelled), len(unlabelled))
     if row == "fully_supervised":
@@ -576,7 +439,7 @@ def train_row(run: RunContext, row: str, name: str | None = None,
               prototypes=getattr(model, "prototypes", None) is not None)
     if text is not None and dist_utils.is_main_process():
         run.console.print(f"[{name}] text encoder: {text.name}")
-    trainer = Trainer(model, train_config(cfg), run.out_dir, name=name, console=run.console,
+    trainer = Trainer(model, TrainConfig.of(cfg, cfg.train), run.out_dir, name=name, console=run.console,
                       param_groups=parameter_groups(model, cfg.train.head_lr_mult))
     frozen = cfg.backbone.freeze
     epoch_now = {"epoch": 0}
@@ -609,24 +472,19 @@ def train_row(run: RunContext, row: str, name: str | None = None,
     step = supervised_step if row in ("supervised", "fully_supervised") else semi_step
     trainer.fit(train_set, step, evaluate=evaluate, select=f"val_{cfg.evaluation.select}",
                 on_epoch_start=on_epoch_start)
-    return load_segmenter(trainer.best_path, build_segmenter(segmenter_spec(cfg, space.num_classes)), run.device)
+    return load_row(run, trainer.best_path)
 
 
-def load_segmenter(path: Path, segmenter: DeepLabV3Plus, device: torch.device) -> DeepLabV3Plus:
-    """The DeepLabV3+ weights of a row's checkpoint (``segmenter.`` keys of a UniSemAlignNet, or a bare one)."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no trained model in this run folder "
-                                f"(fix: run `tissueseg semi train CONFIG.yaml` first)")
-    state = torch.load(path, map_location=device, weights_only=False)["model"]
-    if any(k.startswith("segmenter.") for k in state):
-        state = {k[len("segmenter."):]: v for k, v in state.items() if k.startswith("segmenter.")}
-    segmenter.load_state_dict(state)
-    return segmenter.to(device).eval()
+def load_row(run: RunContext, path: Path) -> DeepLabV3Plus:
+    """The DeepLabV3+ of a row's checkpoint (``segmenter.`` keys of a UniSemAlignNet, or a bare one)."""
+    segmenter = create_model(segmenter_spec(run.config, semi_space(run).num_classes))
+    return load_best(segmenter, path, run.device, submodule="segmenter",
+                     fix="run `tissueseg semi train CONFIG.yaml` first")
 
 
 # --- Recipe: evaluation, export ----------------------------------------------------------------------
 
-def object_metrics_enabled(run: RunContext, space: SemiSpace) -> bool:
+def object_metrics_enabled(run: RunContext, space: LabelSpace) -> bool:
     flag = run.config.evaluation.object_metrics
     if flag is None:
         flag = run.info.format in ("glas", "crag")
@@ -642,8 +500,6 @@ def evaluate_segmenter(run: RunContext, segmenter: nn.Module, records: Sequence[
     foreground-only Dice / Jaccard (every class but background), per-class scores and, for binary
     gland tasks, GlaS object-level F1, object Dice and object Hausdorff (mean over images).
     """
-    from tissueseg.viz import prediction_panel
-
     cfg: SemiConfig = run.config
     e = cfg.evaluation
     space = semi_space(run)
@@ -653,29 +509,21 @@ def evaluate_segmenter(run: RunContext, segmenter: nn.Module, records: Sequence[
                            ignore_index=IGNORE)
     object_sums = torch.zeros(4, dtype=torch.float64)  # f1, dice, hausdorff, images
     segmenter.eval()
-    shard = list(records)[dist_utils.rank()::dist_utils.world_size()]
-    written = 0
-    for _, samples in batches_by_size(run.dataset, shard, batch_size):
-        images = images_to_tensor(samples, run.device)
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
         with autocast(run.device, cfg.amp):
             probs = predict_probabilities(segmenter, images, window=e.window, stride=e.stride, flip=e.flip)
-        preds = probs.argmax(1).cpu().numpy()
-        for sample, pred in zip(samples, preds):
-            if sample.mask is None:
-                continue
-            gt = space.mask_to_label(sample.mask)
-            meter.update(pred, gt)
-            if objects:
-                gt_instances = sample.instances if sample.instances is not None else instances_from_binary(gt == 1)
-                m = glas_object_metrics(instances_from_binary(pred == 1, e.object_min_size), gt_instances)
-                object_sums += torch.tensor([m["f1"], m["object_dice"], m["object_hausdorff"], 1.0],
-                                            dtype=torch.float64)
-            if overlay_dir is not None and written < n_overlays and dist_utils.is_main_process():
-                panel = prediction_panel(sample.image, pred, space.names, space.palette,
-                                         np.where(gt == IGNORE, 0, gt))
-                write_png(overlay_dir / f"{Path(sample.path).stem}.png", panel)
-                written += 1
-    meter.matrix = dist_utils.all_reduce_sum(torch.from_numpy(meter.matrix)).numpy()
+        return probs.argmax(1)
+
+    def add_objects(sample: Sample, pred: np.ndarray, gt: np.ndarray) -> None:
+        nonlocal object_sums
+        gt_instances = sample.instances if sample.instances is not None else instances_from_binary(gt == 1)
+        m = glas_object_metrics(instances_from_binary(pred == 1, e.object_min_size), gt_instances)
+        object_sums += torch.tensor([m["f1"], m["object_dice"], m["object_hausdorff"], 1.0], dtype=torch.float64)
+
+    score_records(predict, run.dataset, records, run.device, meter, batch_size, truth=space.mask_to_label,
+                  names=space.names, palette=space.palette, overlay_dir=overlay_dir, n_overlays=n_overlays,
+                  on_scored=add_objects if objects else None)
     s = meter.compute()
     result: dict[str, Any] = {
         "mdice": s["mdice"], "mjaccard": s["mjaccard"], "dice_fg": s["dice_fg"], "jaccard_fg": s["jaccard_fg"],
@@ -695,7 +543,7 @@ def export_model(run: RunContext, segmenter: nn.Module, path: Path | None = None
     space = semi_space(run)
     meta = ModelMeta(method=method, classes=list(space.names), palette=[tuple(c) for c in space.palette],
                      label_to_mask=list(range(space.num_classes)), background_index=space.background,
-                     tile_size=cfg.evaluation.window,
+                     window=cfg.evaluation.window, train_crop=cfg.data.crop_size,
                      extra={"binary": cfg.binary, "inference": "DeepLabV3+ logits (fused heads are training-only)"})
     return save_bundle(path or run.out_dir / "model.pt", segmenter, segmenter_spec(cfg, space.num_classes), meta)
 
@@ -715,15 +563,14 @@ def evaluate_rows(run: RunContext, rows: Sequence[str] | None = None, n_overlays
     results = _read_json(run.out_dir / "metrics.json")
     n_overlays = cfg.evaluation.overlays if n_overlays is None else n_overlays
     for row in rows:
-        segmenter = load_segmenter(run.out_dir / "checkpoints" / f"{row}_best.pt",
-                                   build_segmenter(segmenter_spec(cfg, space.num_classes)), run.device)
+        segmenter = load_row(run, run.out_dir / "checkpoints" / f"{row}_best.pt")
         if row == cfg.method:
             export_model(run, segmenter, method=row)
         entry = results.get(row, {})
         entry["test"] = evaluate_segmenter(run, segmenter, run.splits["test"],
                                            overlay_dir=run.out_dir / "overlays" / row, n_overlays=n_overlays)
         results[row] = entry
-    write_json(run.out_dir / "metrics.json", results)
+    run.save_json(run.out_dir / "metrics.json", results)
     return results
 
 
@@ -749,68 +596,14 @@ def run_semi(run: RunContext, rows: Sequence[str] | None = None, evaluate: bool 
         entry = results.get(row, {})
         entry.setdefault("train_seconds", round(time.perf_counter() - start, 1))
         results[row] = entry
-        write_json(run.out_dir / "metrics.json", results)
+        run.save_json(run.out_dir / "metrics.json", results)
     return evaluate_rows(run, rows) if evaluate else results
 
 
-def results_table(results: dict, title: str = "Semi-supervised segmentation (test split, %)",
-                  labelled: str | None = None) -> Table:
-    """Rows supervised only → consistency only → UniSemAlign → fully supervised (reference bounds around
-    the semi-supervised numbers): mDice / mJaccard (UniSemAlign convention) and foreground-only."""
-    from rich.table import Table
-
-    def fmt(v: float | None) -> str:
-        return "-" if v is None or v != v else f"{100 * v:.1f}"
-
-    table = Table(title=title)
-    for col in ("row", "mDice", "mJaccard", "Dice fg", "Jaccard fg", "obj F1", "train s"):
-        table.add_column(col, justify="left" if col == "row" else "right")
-    for row in ROWS:
-        if row not in results or "test" not in results[row]:
-            continue
-        t = results[row]["test"]
-        title_row = ROW_TITLES[row] + (f" ({labelled})" if labelled and row == "supervised" else "")
-        table.add_row(title_row, fmt(t["mdice"]), fmt(t["mjaccard"]), fmt(t["dice_fg"]), fmt(t["jaccard_fg"]),
-                      fmt(t.get("object_f1")), str(results[row].get("train_seconds", "-")))
-    return table
-
-
-# --- Demo ---------------------------------------------------------------------------------------------
-
-DEMO_CONFIG: dict = {
-    "data": {"format": "luad-histoseg", "crop_size": 64},
-    "backbone": {"name": "efficientnet_lite0", "pretrained": True, "output_stride": 16},
-    "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "decoder_channels": 64, "max_steps_per_epoch": 6},
-    "unisemalign": {"branch_logits_at": "feature"},
-    "evaluation": {"window": 96, "stride": 64, "overlays": 4},
-    "amp": False,
-}
-
-
-def run_semi_demo(data_root: Path, out_dir: Path, console=None, seed: int = 0, threads: int | None = 1) -> Table:
-    """The demo's semi-supervised section on the synthetic set (labelled cases from ``splits/labelled.txt``):
-    supervised only, consistency only, UniSemAlign and fully supervised; returns the results table.
-
-    ``threads``: torch CPU threads while it runs (restored after). One thread is the default because
-    these small CPU steps were 5× faster on one thread than on two on a shared 2-core machine
-    (57 s vs 297 s for the four rows); None keeps the process setting.
-    """
-    from rich.console import Console
-
-    from tissueseg.models.efficientnet_lite import with_packaged_weights_if_installed
-
-    console = console or Console()
-    config = {**DEMO_CONFIG, "out_dir": str(out_dir), "seed": seed,
-              "data": {**DEMO_CONFIG["data"], "path": str(data_root)}}
-    config["backbone"] = with_packaged_weights_if_installed(config["backbone"], console)
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        run = RunContext.open(SemiConfig.model_validate(config), console=console)
-        labelled, unlabelled = labelled_records(run)
-        results = run_semi(run, ROWS)
-    finally:
-        torch.set_num_threads(previous)
-    return results_table(results, title="Semi-supervised on SYNTHETIC data (test split, %; UniSemAlign convention)",
-                         labelled=f"{len(labelled)} of {len(labelled) + len(unlabelled)} labelled")
+METHOD = Method(
+    "unisemalign", "semi", lambda run, references=False: run_semi(run, [r for r in ROWS if references
+                                                                          or r == run.config.method]),
+    stages={"train": lambda run, rows=None: run_semi(run, rows, evaluate=False), "evaluate": evaluate_rows},
+    rows=tuple(ResultRow(row, ROW_TITLES[row], 10 * (i + 1), note_labelled=row == "supervised")
+               for i, row in enumerate(ROWS)),
+    evaluate_key=lambda run: run.config.method)

@@ -107,7 +107,7 @@ def encode_sentences(prompts: Sequence[str], model_dir: str | os.PathLike | None
         encoded = model.encode(list(prompts), convert_to_tensor=True, show_progress_bar=False)
     embeddings = encoded.float().cpu().clone()  # a normal tensor (encode runs in inference mode)
     if cache_file is not None:
-        from tissueseg.engine.trainer import save_atomic
+        from tissueseg.data.io import save_atomic
 
         save_atomic({"key": key, "embeddings": embeddings}, Path(cache_file))
     return embeddings

@@ -421,10 +421,10 @@ def write_geojson(path: str | os.PathLike, polygons: Iterable[tuple[int, Sequenc
     """Stream a FeatureCollection of ``(class, [shapely Polygon, …])`` to ``path`` (atomic): per class,
     MultiPolygon annotations of at most ``max_polygons`` polygons each, so memory holds one class's
     outlines at most. Returns counts: features, polygons, vertices, bytes."""
-    from tissueseg.slides.outputs import _atomic
+    from tissueseg.data.io import atomic_path
 
     stats = {"features": 0, "polygons": 0, "vertices": 0}
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write('{"type": "FeatureCollection", "features": [\n')
             for k, polys in polygons:

@@ -12,49 +12,21 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from tissueseg.data.io import atomic_path
+from tissueseg.data.tiff import TileFn, pyramid_levels, write_pyramidal_tiff  # noqa: F401  (re-exported)
 
 RGB = tuple[int, int, int]
 NO_TISSUE = 255  # class-map value of pixels that were not analysed (glass, outside the image)
 NO_TISSUE_COLOUR: RGB = (255, 255, 255)
 
-TileFn = Callable[[int, int, int, int, int], np.ndarray]  # (level, y, x, h, w) → (h, w[, 3]) array
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-@contextmanager
-def _atomic(path: str | os.PathLike) -> Iterator[Path]:
-    """:func:`tissueseg.data.io.atomic_path` with the usual file permissions (not mkstemp's 0600)."""
-    with atomic_path(path) as tmp:
-        yield tmp
-        os.chmod(tmp, _FILE_MODE)
-
-
-# --- pyramidal TIFF ---------------------------------------------------------------------------------
-
-def pyramid_levels(width: int, height: int, tile: int = 256) -> list[tuple[int, int]]:
-    """(width, height) of each level, halving until the image fits one tile."""
-    levels = [(width, height)]
-    while max(levels[-1]) > tile:
-        w, h = levels[-1]
-        levels.append((math.ceil(w / 2), math.ceil(h / 2)))
-    return levels
-
+# --- pyramidal TIFF (the writer is :mod:`tissueseg.data.tiff`) ----------------------------------------
 
 def palette_colormap(palette: Sequence[RGB], no_tissue: RGB = NO_TISSUE_COLOUR) -> np.ndarray:
     """A TIFF colour map (3, 256) uint16 for class indices, ``NO_TISSUE`` in ``no_tissue``."""
@@ -63,54 +35,6 @@ def palette_colormap(palette: Sequence[RGB], no_tissue: RGB = NO_TISSUE_COLOUR) 
         cmap[:, i] = np.asarray(colour, dtype=np.uint16) * 257
     cmap[:, NO_TISSUE] = np.asarray(no_tissue, dtype=np.uint16) * 257
     return cmap
-
-
-def write_pyramidal_tiff(path: str | os.PathLike, tile_fn: TileFn, width: int, height: int, *,
-                         samples: int = 1, mpp: float | None = None, tile: int = 256,
-                         colormap: np.ndarray | None = None, compression: str = "zlib", level: int = 6,
-                         fill: int = 0) -> Path:
-    """Write a tiled pyramidal TIFF that OpenSlide (generic-tiff), QuPath and tifffile open.
-
-    Levels are separate main IFDs (level 0 first, then reduced-resolution IFDs, halving each
-    time), tiled ``tile`` × ``tile``, with X/YResolution in pixels per centimetre from ``mpp``
-    (OpenSlide reports it as ``openslide.mpp-x``). ``tile_fn(level, y, x, h, w)`` returns the pixels
-    of a level's window (``samples`` = 1: 2-D; 3: RGB); it is called once per tile, so the image
-    never has to be in memory. ``colormap`` (3, 256) makes a palette image (class maps). Atomic.
-    """
-    import tifffile
-
-    levels = pyramid_levels(width, height, tile)
-    shape_extra = () if samples == 1 else (samples,)
-    bigtiff = width * height * samples > 2**31
-
-    def tiles(level: int, lw: int, lh: int) -> Iterator[np.ndarray]:
-        for y in range(0, lh, tile):
-            for x in range(0, lw, tile):
-                h, w = min(tile, lh - y), min(tile, lw - x)
-                data = np.asarray(tile_fn(level, y, x, h, w), dtype=np.uint8)
-                if (h, w) != (tile, tile):
-                    full = np.full((tile, tile, *shape_extra), fill, dtype=np.uint8)
-                    full[:h, :w] = data
-                    data = full
-                yield data
-
-    photometric = "palette" if colormap is not None else ("rgb" if samples == 3 else "minisblack")
-    with _atomic(path) as tmp:
-        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
-            for level, (lw, lh) in enumerate(levels):
-                kwargs = {}
-                if mpp:  # pixels per centimetre of this level
-                    kwargs.update(resolution=(1e4 / (mpp * width / lw), 1e4 / (mpp * height / lh)),
-                                  resolutionunit="CENTIMETER")
-                tw.write(tiles(level, lw, lh), shape=(lh, lw, *shape_extra), dtype=np.uint8, tile=(tile, tile),
-                         photometric=photometric, colormap=colormap, compression=compression,
-                         compressionargs={"level": level_arg(compression, level)}, subfiletype=1 if level else 0,
-                         metadata=None, software="tissueseg", **kwargs)
-    return Path(path)
-
-
-def level_arg(compression: str, level: int) -> int | None:
-    return level if compression in ("zlib", "deflate", "adobe_deflate") else None
 
 
 # --- chunk store: the level-0 class map on disk ------------------------------------------------------
@@ -268,12 +192,6 @@ def write_geojson(path: str | os.PathLike, polygons: Iterator[tuple[int, list[li
     return Path(path)
 
 
-def write_json(path: str | os.PathLike, payload) -> Path:
-    with _atomic(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1, default=str))
-    return Path(path)
-
-
 # --- areas -------------------------------------------------------------------------------------------
 
 def area_table(counts: np.ndarray, class_names: Sequence[str], mpp: float | None,
@@ -307,7 +225,7 @@ def write_area_csv(path: str | os.PathLike, table: dict) -> Path:
     for row in table["classes"]:
         writer.writerow([row["class"], row["index"], row["pixels"],
                          "" if row["area_mm2"] is None else f"{row['area_mm2']:.6f}", f"{row['percent']:.3f}"])
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
     return Path(path)
 
@@ -315,7 +233,7 @@ def write_area_csv(path: str | os.PathLike, table: dict) -> Path:
 # --- pictures and report -----------------------------------------------------------------------------
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
     return Path(path)
 
@@ -366,6 +284,6 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} th{{background:#f
 <p>{links}</p>
 </body></html>
 """
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(page)
     return Path(path)

@@ -36,10 +36,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tissueseg.engine.trainer import autocast, resolve_device
+from tissueseg.data.io import write_json
+from tissueseg.models.device import autocast, resolve_device
 from tissueseg.slides.annotations import class_geometries, write_geojson
 from tissueseg.slides.outputs import (NO_TISSUE, ChunkStore, area_table, downsampled_map, overlay_image,
-                                      palette_colormap, write_area_csv, write_image, write_json, write_pyramidal_tiff,
+                                      palette_colormap, write_area_csv, write_image, write_pyramidal_tiff,
                                       write_report)
 from tissueseg.slides.readers import SLIDE_SUFFIXES, SlideError, SlideReader, open_slide
 from tissueseg.slides.tiling import (BlendAccumulator, SlideTileDataset, TileGrid, _save_npy, blend_window,
@@ -57,7 +58,7 @@ ProgressFn = Callable[[int, int], None]
 class PredictOptions:
     """Settings of a slide prediction (CLI flags of ``tissueseg predict``)."""
 
-    tile_size: int | None = None  # working-resolution tile side; default the model's training tile size
+    tile_size: int | None = None  # working-resolution tile side; default the model's window (ModelMeta.window)
     overlap: int | None = None  # px shared by neighbouring tiles; default tile_size // 4
     batch_size: int = 16
     workers: int = 2  # DataLoader worker processes reading tiles ahead
@@ -232,7 +233,7 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
                   on_chunk: Callable[[tuple[int, int]], None] | None = None) -> dict:
     """Predict one slide into ``out_dir``; returns the summary (also written to ``summary.json``).
 
-    ``predictor`` is a :class:`tissueseg.engine.export.TissuePredictor` (or any module with the same
+    ``predictor`` is a :class:`tissueseg.models.bundle.TissuePredictor` (or any module with the same
     contract and a ``meta``) already on its device. Rerunning after an interruption resumes from
     the chunks in ``out_dir/.partial``. ``progress(done, total)`` is called with tile counts;
     ``on_chunk(chunk)`` after every chunk is checkpointed.
@@ -247,7 +248,7 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
     device = next(iter(predictor.parameters()), torch.empty(0)).device
     with open_slide(path, options.reader) as reader:
         geom = resolve_geometry(reader, meta.mpp, options)
-        tile = int(options.tile_size or meta.tile_size)
+        tile = int(options.tile_size or meta.window)
         overlap = int(options.overlap if options.overlap is not None else tile // 4)
         grid = TileGrid.create(geom.width, geom.height, tile, overlap, options.chunk_size)
         mask_glass = options.mask_glass if options.mask_glass is not None else meta.background_index is None
@@ -448,7 +449,7 @@ def predict_slides(model: str | os.PathLike | torch.nn.Module, inputs: Sequence[
     ``model`` is a model.pt path or a loaded predictor. ``rank``/``world_size`` default to torchrun's
     environment. Finished slides (``summary.json`` present) are skipped unless ``options.overwrite``.
     """
-    from tissueseg.engine.export import load_predictor
+    from tissueseg.models.bundle import load_predictor
 
     options = options or PredictOptions()
     log = log or (lambda msg: None)

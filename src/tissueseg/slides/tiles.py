@@ -42,10 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tissueseg.data.io import palette_bytes
+from tissueseg.data.io import atomic_path, palette_bytes, write_json
 from tissueseg.slides.annotations import (IGNORE, AnnotationError, AnnotationIndex, ClassMapping,
                                           load_annotations)
-from tissueseg.slides.outputs import _atomic
 
 STAGING = ".tiles"
 UNLABELLED_SPLIT = "unlabelled"
@@ -134,11 +133,6 @@ def _sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: Path, payload) -> None:
-    with _atomic(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1, default=str))
-
-
 def _png(path: Path, array: np.ndarray, palette=None) -> None:
     """Atomic PNG (a palette image of class indices with ``palette``), zlib level 1: half the time of the
     default level for 3 % more bytes on H&E tiles."""
@@ -147,7 +141,7 @@ def _png(path: Path, array: np.ndarray, palette=None) -> None:
     img = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     if palette is not None:
         img.putpalette(palette_bytes(palette))  # "L" → "P"
-    with _atomic(path) as tmp:  # the usual file mode, not mkstemp's 0600 (datasets are shared)
+    with atomic_path(path) as tmp:  # the usual file mode, not mkstemp's 0600 (datasets are shared)
         img.save(tmp, format="PNG", compress_level=1)
 
 
@@ -189,7 +183,7 @@ class _Journal:
                         self.rows.append(json.loads(line))
                     except ValueError:  # torn by a crash: drop it and what follows (rewritten below)
                         break
-                with _atomic(path) as tmp:
+                with atomic_path(path) as tmp:
                     tmp.write_text("".join(json.dumps(r) + "\n" for r in [header, *self.rows]))
                 self._f = open(path, "a")
                 return
@@ -231,7 +225,7 @@ def tile_slide(slide: str | os.PathLike, geojson: str | os.PathLike, out: str | 
     Resumes from ``out/.tiles/<name>/`` when the slide, its GeoJSON and the settings are unchanged.
     Raises :class:`TilingError`, :class:`AnnotationError` or :class:`SlideError` for bad input.
     """
-    from tissueseg.engine.inference import window_starts
+    from tissueseg.models.inference import window_starts
     from tissueseg.slides.readers import open_slide
     from tissueseg.slides.tissue import TissueIndex, detect_tissue, saturation, saturation_threshold
 
@@ -393,7 +387,7 @@ def tile_slide(slide: str | os.PathLike, geojson: str | os.PathLike, out: str | 
                "tiles_candidate": int(len(candidates)), "skipped": counts,
                "seconds": {"setup": round(t_tiles - t_start, 3), "tiles": round(time.perf_counter() - t_tiles, 3)},
                "state": state, "rows": rows}
-    _write_json(marker, summary)
+    write_json(marker, summary)
     shutil.rmtree(work, ignore_errors=True)
     return summary
 
@@ -410,7 +404,7 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> N
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
 
 
@@ -447,7 +441,7 @@ def write_index(out: str | os.PathLike, extra: dict | None = None) -> dict:
             "slides": {s["name"]: {"slide": s["slide"], "geojson": s["geojson"], "split": s["rows"][0]["split"],
                                    "annotated": s["tiles_annotated"], "unlabelled": s["tiles_unlabelled"]}
                        for s in summaries}, **(extra or {})}
-    _write_json(out / "dataset.json", info)
+    write_json(out / "dataset.json", info)
     return info
 
 
@@ -548,7 +542,7 @@ def tag_crops(dataset: str | os.PathLike, out: str | os.PathLike, options: CropO
     kept on a rerun (files are written atomically); the CSVs are written last.
     """
     from tissueseg.data import open_dataset
-    from tissueseg.engine.inference import window_starts
+    from tissueseg.models.inference import window_starts
 
     options = options or CropOptions()
     warn = warn or (lambda msg: None)
@@ -623,5 +617,5 @@ def tag_crops(dataset: str | os.PathLike, out: str | os.PathLike, options: CropO
                "crops": len(rows), "images": len(records), "skipped_small": small, "skipped_untagged": untagged,
                "tag_frequencies": {cl: int(sum(r["labels"][k] for r in rows)) for k, cl in enumerate(classes)},
                "settings": asdict(options) | {"source": str(Path(dataset))}}
-    _write_json(out / "dataset.json", summary)
+    write_json(out / "dataset.json", summary)
     return summary

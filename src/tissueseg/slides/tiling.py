@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tissueseg.engine.inference import window_starts
+from tissueseg.data.io import atomic_path
+from tissueseg.models.inference import window_starts
 
 Chunk = tuple[int, int]
 
@@ -52,7 +53,7 @@ class TileGrid:
     """Tiles of ``tile`` px with ``overlap`` px overlap covering a ``width`` × ``height`` image.
 
     Tile starts are multiples of the stride, the last one flush with the image end
-    (:func:`tissueseg.engine.inference.window_starts`); an image smaller than a tile gets one tile
+    (:func:`tissueseg.models.inference.window_starts`); an image smaller than a tile gets one tile
     (the reader pads it with white).
     """
 
@@ -198,10 +199,8 @@ class BlendAccumulator:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array))
-    os.replace(tmp, path)
 
 
 class SlideTileDataset(Dataset):

@@ -1,5 +1,5 @@
-"""Dense prediction shared by every method: softmax scores, flip test-time augmentation and sliding
-windows with averaged overlaps for images larger than the training crop."""
+"""Dense prediction shared by every method's evaluation and by slide tiling: softmax scores, flip
+test-time augmentation and sliding windows with averaged overlaps for images larger than the window."""
 
 from __future__ import annotations
 
