@@ -86,17 +86,12 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    from slide_memory import write_synthetic_slide
+    from slide_memory import cached_synthetic_slide
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in args.sizes:
-        slide = args.workdir / f"synthetic_{size}.tif"
-        if not slide.exists():
-            t = time.perf_counter()
-            write_synthetic_slide(slide, size)
-            print(f"wrote {slide} ({slide.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f} s",
-                  flush=True)
+        slide = cached_synthetic_slide(args.workdir, size)
         geojson = write_annotations(args.workdir / f"synthetic_{size}.geojson", size)
         out = args.workdir / f"out_{size}"
         shutil.rmtree(out, ignore_errors=True)

@@ -32,6 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 MPP = 0.5
 
 
+def cached_synthetic_slide(workdir: Path, size: int) -> Path:
+    """``workdir/synthetic_<size>.tif``, written (and timed) by :func:`write_synthetic_slide` the first time."""
+    slide = workdir / f"synthetic_{size}.tif"
+    if not slide.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        write_synthetic_slide(slide, size)
+        print(f"wrote {slide} ({slide.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f} s", flush=True)
+    return slide
+
+
 def write_synthetic_slide(path: Path, size: int, seed: int = 0, tissue_fraction: float = 0.55,
                           tile: int = 512) -> Path:
     """A ``size``² RGB pyramidal TIFF (zlib, ``tile``² tiles, levels as main IFDs, 0.5 µm/px) with H&E-like
@@ -141,15 +152,9 @@ def main() -> None:
         child(args)
         return
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in args.sizes:
-        slide = args.workdir / f"synthetic_{size}.tif"
-        if not slide.exists():
-            t = time.perf_counter()
-            write_synthetic_slide(slide, size)
-            print(f"wrote {slide} ({slide.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f} s",
-                  flush=True)
+        slide = cached_synthetic_slide(args.workdir, size)
         out = args.workdir / f"out_{size}"
         if out.exists():
             import shutil

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import typer
-
 import tissueseg
 from tissueseg.cli.common import App, console
 from tissueseg.cli.data import data_app

@@ -555,7 +555,6 @@ def trained_rows(run: RunContext) -> list[str]:
 def evaluate_rows(run: RunContext, rows: Sequence[str] | None = None, n_overlays: int | None = None) -> dict:
     """Test scores of every trained row (default: all found in the run folder); exports the configured method."""
     cfg: SemiConfig = run.config
-    space = semi_space(run)
     rows = list(rows) if rows is not None else trained_rows(run)
     if not rows:
         raise FileNotFoundError(f"{run.out_dir / 'checkpoints'}: no trained row in this run folder "

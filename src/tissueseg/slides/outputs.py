@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import math
 import os
 from collections.abc import Iterator, Sequence

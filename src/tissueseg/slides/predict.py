@@ -393,13 +393,14 @@ class BatchResult:
     outputs: dict[str, str] = field(default_factory=dict)  # slide path → output folder
 
 
-def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders → their slide/image files (sorted, not recursive, hidden files skipped)."""
+def expand_inputs(paths: Sequence[str | os.PathLike], suffixes: Sequence[str] = SLIDE_SUFFIXES) -> list[Path]:
+    """Files as given; folders → their files with one of ``suffixes`` (default: slides and images;
+    sorted, not recursive, hidden files skipped)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             out.extend(sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
-                              and f.suffix.lower() in SLIDE_SUFFIXES))
+                              and f.suffix.lower() in suffixes))
         else:
             out.append(p)
     return out

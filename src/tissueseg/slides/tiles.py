@@ -97,18 +97,6 @@ class TilesResult:
 
 # --- inputs ------------------------------------------------------------------------------------------
 
-def expand_annotations(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """GeoJSON files as given; folders → their ``*.geojson`` / ``*.json`` files (sorted)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
-                              and f.suffix.lower() in (".geojson", ".json")))
-        else:
-            out.append(p)
-    return out
-
-
 def pair_annotations(slides: Sequence[Path], annotations: Sequence[Path]) -> dict[Path, Path | None]:
     """Each slide's GeoJSON: ``<slide stem>.geojson`` (or ``<slide name>.geojson``, ``.json``); a lone
     slide with a lone GeoJSON pair up whatever their names."""
@@ -462,7 +450,7 @@ def tile_slides(slides: Sequence[str | os.PathLike], annotations: Sequence[str |
     for p in map(Path, slides):
         if p.is_dir() and not any(s.parent == p for s in paths):
             result.failed.append((p, f"{p}: no slides or images in this folder"))
-    geojsons = expand_annotations(annotations)
+    geojsons = expand_inputs(annotations, (".geojson", ".json"))  # GeoJSON files, or folders of them
     pairs = pair_annotations(paths, geojsons)
     for path, name in zip(paths, output_names(paths)):
         geojson = pairs[path]
