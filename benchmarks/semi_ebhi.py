@@ -106,10 +106,17 @@ def open_run(config: dict):
     return RunContext.open(SemiConfig.model_validate(config), console=Console(stderr=True))
 
 
-def train_and_score(run, row: str, name: str, overrides: dict | str | None = None) -> dict:
-    from tissueseg.methods.unisemalign import PAPER_RECIPE, evaluate_segmenter, train_row
+def ablation_overrides(name: str) -> dict | None:
+    """UniSemAlign settings overrides of an ablation row (the paper row: ``PAPER_RECIPE``)."""
+    from tissueseg.methods.unisemalign import PAPER_RECIPE
 
-    overrides = PAPER_RECIPE if overrides == "PAPER_RECIPE" else overrides
+    overrides = ABLATIONS.get(name)
+    return PAPER_RECIPE if overrides == "PAPER_RECIPE" else overrides
+
+
+def train_and_score(run, row: str, name: str, overrides: dict | None = None) -> dict:
+    from tissueseg.methods.unisemalign import evaluate_segmenter, train_row
+
 
     settings = run.config.unisemalign.model_copy(update=overrides or {})
     start = time.perf_counter()
@@ -204,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         names = list(args.rows) + [a for a in ABLATIONS if args.ablations and a not in args.rows]
         for name in names:
             row = name if name in ROWS else "unisemalign"
-            entry = train_and_score(run, row, name, ABLATIONS.get(name))
+            entry = train_and_score(run, row, name, ablation_overrides(name))
             entry.update(labelled=spec, n_labelled=len(labelled), n_unlabelled=len(unlabelled),
                          text_encoder=text_encoder_name(run) if row == "unisemalign" and
-                         ABLATIONS.get(name, {}).get("text", True) else "-")
+                         (ablation_overrides(name) or {}).get("text", True) else "-")
             results["rows"].append(entry)
             write(args.out / "results.json", results)
         if full is not None:
