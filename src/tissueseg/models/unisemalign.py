@@ -59,6 +59,13 @@ class UniSemAlignNet(nn.Module):
         seg = self.segmenter
         return F.interpolate(seg.head(seg.decoder(low, high)), size=size, mode="bilinear", align_corners=False)
 
+    def _single_pass(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits at the input size and (with a branch on) pixel embeddings of one batch."""
+        seg = self.segmenter
+        feats = seg.encoder(images)
+        logits = self._decode(feats[seg.low_level_index], feats[-1], images.shape[-2:])
+        return logits, self.project(feats[-1]) if self.project is not None else None
+
     def _branches(self, out: dict) -> None:
         if self.prototypes is not None:
             out["prototypes"] = self.prototypes
@@ -71,10 +78,9 @@ class UniSemAlignNet(nn.Module):
         size = images.shape[-2:]
         out: dict[str, torch.Tensor] = {}
         if weak is None:
-            feats = seg.encoder(images)
-            out["out"] = self._decode(feats[seg.low_level_index], feats[-1], size)
-            if self.project is not None:
-                out["pixel"] = self.project(feats[-1])
+            out["out"], pixel = self._single_pass(images)
+            if pixel is not None:
+                out["pixel"] = pixel
             self._branches(out)
             return out
         n_l, n_u = images.shape[0], weak.shape[0]
@@ -92,9 +98,8 @@ class UniSemAlignNet(nn.Module):
             out["labelled_pixel"], out["weak_pixel"] = self.project(high).split([n_l, n_u])
         if strong is not None:
             with frozen_bn_statistics(self if self.clean_bn_statistics else None):
-                s_feats = seg.encoder(strong)
-                out["strong"] = self._decode(s_feats[seg.low_level_index], s_feats[-1], size)
-                if self.project is not None:
-                    out["strong_pixel"] = self.project(s_feats[-1])
+                out["strong"], pixel = self._single_pass(strong)
+            if pixel is not None:
+                out["strong_pixel"] = pixel
         self._branches(out)
         return out
