@@ -39,3 +39,17 @@ def test_synth_then_check_ok_and_broken_dataset_exits_1(tmp_path):
     result = runner.invoke(app, ["data", "check", str(out), "--format", "luad-histoseg"])
     assert result.exit_code == 1
     assert victim.name in result.output.replace("\n", "")
+
+
+def test_cli_lets_idle_openmp_threads_sleep_unless_the_user_chose():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, tissueseg.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "PASSIVE"
+    chosen = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert chosen == "ACTIVE"

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import tissueseg
-from tissueseg.cli.common import App, console
-from tissueseg.cli.data import data_app
-from tissueseg.cli.demo import demo, demo_slides  # noqa: F401  (demo_slides: used by tests)
-from tissueseg.cli.predict import predict
-from tissueseg.cli.semi import semi_app
-from tissueseg.cli.wsss import wsss_app
+import os
+
+# Idle OpenMP threads sleep instead of spinning (set before torch loads its OpenMP runtime). On a shared
+# 2-core machine spinning threads made EfficientNet training steps ~5× slower (BENCHMARKS.md, session 4);
+# an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import tissueseg  # noqa: E402
+from tissueseg.cli.common import App, console  # noqa: E402
+from tissueseg.cli.data import data_app  # noqa: E402
+from tissueseg.cli.demo import demo, demo_slides  # noqa: E402, F401  (demo_slides: used by tests)
+from tissueseg.cli.predict import predict  # noqa: E402
+from tissueseg.cli.semi import semi_app  # noqa: E402
+from tissueseg.cli.wsss import wsss_app  # noqa: E402
 
 app = App(help="tissueseg: pixel-accurate H&E tissue maps from cheap labels.", no_args_is_help=True,
           add_completion=False)
