@@ -1,10 +1,11 @@
 """Weakly supervised methods on real lung adenocarcinoma tissue: WSSS4LUAD validation images (Han et al. 2022).
 
 Only the 31 released validation images with pixel masks are at hand (the training patches are not), so
-the weak labels are derived the way the challenge derived its own: images are split **by image**
-(seeded), training images are cut into ``--crop`` crops (``--stride`` apart) and a crop is tagged
-with every class (tumour, stroma, normal) covering at least ``--min-fraction`` of its tissue
-(background, mask index 3, is not a class and not scored; it becomes 255). Training uses only these
+the weak labels are derived the way the challenge derived its own, by ``tissueseg data tag-crops``
+(:func:`tissueseg.slides.tiles.tag_crops`): images are split **by image** (seeded), training images
+are cut into ``--crop`` crops (``--stride`` apart; crops with less than 10 % tissue are dropped) and
+a crop is tagged with every class (tumour, stroma, normal) covering at least ``--min-fraction`` of
+its tissue (background, mask index 3, is not a class and not scored; it becomes 255). Training uses only these
 tags; validation / test images are scored whole with their masks (mIoU over the three classes).
 Rows: the plain reference CAM (``benchmarks/reference_cam.py``, timm ResNet-18, random init, Adam),
 the CAM baseline, MLPS, PLIMSeg (label-trained matcher) and the fully supervised stage 2 on the

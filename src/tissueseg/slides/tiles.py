@@ -594,6 +594,7 @@ def tag_crops(dataset: str | os.PathLike, out: str | os.PathLike, options: CropO
     """
     from tissueseg.data import open_dataset, split_by_case
     from tissueseg.models.inference import window_starts
+    from tissueseg.slides.predict import output_names
 
     options = options or CropOptions()
     options.check()
@@ -638,12 +639,13 @@ def tag_crops(dataset: str | os.PathLike, out: str | os.PathLike, options: CropO
     rows, untagged = [], 0
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    for i, record in enumerate(records):
+    stems = output_names([r.image_path for r in records])  # a path hash where stems repeat (EBHI class folders)
+    for i, (record, stem) in enumerate(zip(records, stems)):
         sample = ds.load(record)
         image = _rescaled(sample.image, options.scale, nearest=False)
         mask = _rescaled(lut[np.clip(sample.mask, 0, 255)], options.scale, nearest=True)
         h, w = mask.shape
-        stem, kind = record.image_path.stem, "whole" if record.split in options.whole else "crop"
+        kind = "whole" if record.split in options.whole else "crop"
         windows = [(f"{stem}.png", 0, 0, h, w)] if kind == "whole" else [
             (f"{stem}_x{x}_y{y}.png", x, y, c, c) for y in window_starts(h, c, stride) for x in window_starts(w, c, stride)]
         pieces = []
