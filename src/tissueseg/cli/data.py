@@ -164,7 +164,7 @@ def data_tag_crops(
             fractions = tuple(float(v) for v in split_fractions.split(",")) if split_fractions else None
         except ValueError as exc:
             raise ValueError(f"--split-fractions {split_fractions}: give three comma-separated fractions "
-                             f"(train,val,test), e.g. --split-fractions 0.6,0.2,0.2") from exc
+                             f"train,val,test (fix: e.g. --split-fractions 0.6,0.2,0.2)") from exc
         options = CropOptions(crop=crop, stride=stride, tag_min_area=tag_min_area, min_tissue=min_tissue,
                               background=background, scale=scale, mpp=mpp, split_fractions=fractions,
                               whole=tuple(w for w in whole.split(",") if w), per_image=per_image, seed=seed,

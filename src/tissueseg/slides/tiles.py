@@ -528,6 +528,10 @@ class CropOptions:
                               f"or leave it out)")
         if self.per_image is not None and self.per_image < 1:
             raise TilingError(f"--per-image {self.per_image}: must be ≥ 1 (fix: leave it out to keep every crop)")
+        fractions = self.split_fractions
+        if fractions is not None and (len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6):
+            raise TilingError(f"--split-fractions {','.join(map(str, fractions))}: three fractions (train, val, test) "
+                              f"≥ 0 summing to 1 (fix: e.g. --split-fractions 0.7,0.15,0.15)")
         for name, value in (("--tag-min-area", self.tag_min_area), ("--min-tissue", self.min_tissue)):
             if not 0 <= value <= 1:
                 raise TilingError(f"{name} {value}: must be a fraction in [0, 1] (fix: e.g. {name} 0.05)")
@@ -631,7 +635,7 @@ def tag_crops(dataset: str | os.PathLike, out: str | os.PathLike, options: CropO
     unknown = sorted(set(options.whole) - {r.split for r in records})
     if unknown:
         raise TilingError(f"--whole {','.join(unknown)}: {dataset} has no such split (its splits: "
-                          f"{', '.join(sorted({r.split for r in records}))}) (fix: name those, or re-split the "
+                          f"{', '.join(sorted({r.split for r in records}))}) (fix: name splits it has, or re-split the "
                           f"images with --split-fractions 0.7,0.15,0.15)")
     _start_crops(out, settings, options.overwrite)
     c, stride = options.crop, options.stride or options.crop
