@@ -6,10 +6,11 @@ Each training image (optionally downscaled) is cut into non-overlapping crops; a
 every lesion class covering at least ``--min-fraction`` of its tissue (its lesion pixels), and with
 background when background covers that much of the crop (the image-level class alone says nothing
 about where the ~37 % background is); ``--crops-per-image`` keeps a subset seeded per image. Training
-uses only these tags; validation/test images are kept whole with their pixel masks for scoring (plain mIoU over background + 6 classes). Rows: CAM baseline, MLPS, PLIMSeg (label-trained
-matcher unless ``--matcher`` names local CLIP weights), PLIMSeg + MLPS stage 2, fully supervised
-(stage 2 on the ground-truth masks of the same crops); pseudo-mask mIoU on the training crops and
-test mIoU. ``--ablations`` adds PLIMSeg with each matching loss switched off (pseudo-mask mIoU).
+uses only these tags; validation/test images are kept whole with their pixel masks for scoring (plain
+mIoU over background + 6 classes). Rows: CAM baseline, MLPS, PLIMSeg (label-trained matcher unless
+``--matcher`` names local CLIP weights), PLIMSeg + MLPS stage 2, fully supervised (stage 2 on the
+ground-truth masks of the same crops); pseudo-mask mIoU on the training crops and test mIoU.
+``--ablations`` adds PLIMSeg with each matching loss switched off (pseudo-mask mIoU).
 
     python benchmarks/wsss_ebhi.py --epochs 8 --scale 0.5 --crop 56 --crops-per-image 2 --decoder-channels 64  # CPU
     python benchmarks/wsss_ebhi.py --epochs 20 --crop 112 --device cuda --ablations                          # GPU

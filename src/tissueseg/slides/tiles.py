@@ -651,7 +651,8 @@ def tag_crops(dataset: str | os.PathLike, out: str | os.PathLike, options: CropO
         h, w = mask.shape
         kind = "whole" if record.split in options.whole else "crop"
         windows = [(f"{stem}.png", 0, 0, h, w)] if kind == "whole" else [
-            (f"{stem}_x{x}_y{y}.png", x, y, c, c) for y in window_starts(h, c, stride) for x in window_starts(w, c, stride)]
+            (f"{stem}_x{x}_y{y}.png", x, y, c, c)
+            for y in window_starts(h, c, stride) for x in window_starts(w, c, stride)]
         pieces = []
         for name, x, y, ph, pw in windows:
             m = mask[y:y + ph, x:x + pw]
