@@ -1,14 +1,16 @@
 """Weakly supervised methods on real data: EBHI-Seg (Shi et al., Frontiers in Medicine 2023, CC BY 4.0).
 
 Case-level split. Weak labels: patch-level tags on sub-crops, the way BCSS-WSSS derived its patch
-labels from BCSS masks. Each training image (optionally downscaled) is cut into non-overlapping
-crops; a crop is tagged with every class its mask covers by at least ``--min-fraction`` of its
-pixels, background included (the image-level class alone says nothing about where the ~37 %
-background is). Training uses only these tags; validation/test images keep their pixel masks for
-scoring (plain mIoU over background + 6 classes). Rows: CAM baseline, MLPS, PLIMSeg (label-trained
-matcher unless ``--matcher`` names local CLIP weights), PLIMSeg + MLPS stage 2, fully supervised
-(stage 2 on the ground-truth masks of the same crops); pseudo-mask mIoU on the training crops and
-test mIoU. ``--ablations`` adds PLIMSeg with each matching loss switched off (pseudo-mask mIoU).
+labels from BCSS masks, cut by ``tissueseg data tag-crops`` (:func:`tissueseg.slides.tiles.tag_crops`).
+Each training image (optionally downscaled) is cut into non-overlapping crops; a crop is tagged with
+every lesion class covering at least ``--min-fraction`` of its tissue (its lesion pixels), and with
+background when background covers that much of the crop (the image-level class alone says nothing
+about where the ~37 % background is); ``--crops-per-image`` keeps a subset seeded per image. Training
+uses only these tags; validation/test images are kept whole with their pixel masks for scoring (plain
+mIoU over background + 6 classes). Rows: CAM baseline, MLPS, PLIMSeg (label-trained matcher unless
+``--matcher`` names local CLIP weights), PLIMSeg + MLPS stage 2, fully supervised (stage 2 on the
+ground-truth masks of the same crops); pseudo-mask mIoU on the training crops and test mIoU.
+``--ablations`` adds PLIMSeg with each matching loss switched off (pseudo-mask mIoU).
 
     python benchmarks/wsss_ebhi.py --epochs 8 --scale 0.5 --crop 56 --crops-per-image 2 --decoder-channels 64  # CPU
     python benchmarks/wsss_ebhi.py --epochs 20 --crop 112 --device cuda --ablations                          # GPU
@@ -17,70 +19,32 @@ test mIoU. ``--ablations`` adds PLIMSeg with each matching loss switched off (ps
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 
 from tissueseg.config import PLIM_LOSSES, PLIMSegConfig, WSSSConfig
-from tissueseg.data import open_dataset, split_by_case
-from tissueseg.data.io import write_png
 from tissueseg.engine.run import RunContext
 from tissueseg.methods.mlps import run_mlps
 from tissueseg.methods.registry import results_table
 from tissueseg.methods.plimseg import loss_ablations, run_plimseg, run_variant
 from tissueseg.models.vlm import VLM_KINDS
+from tissueseg.slides.tiles import CropOptions, tag_crops
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def resized(array: np.ndarray, scale: float, nearest: bool) -> np.ndarray:
-    if scale == 1.0:
-        return array
-    h, w = array.shape[:2]
-    size = (round(w * scale), round(h * scale))
-    method = Image.NEAREST if nearest else Image.BILINEAR
-    return np.asarray(Image.fromarray(array.astype(np.uint8)).resize(size, method))
-
-
 def write_weak_dataset(source: Path, out: Path, scale: float, crop: int, min_fraction: float, seed: int,
                        crops_per_image: int | None) -> Path:
-    """Derive a `folder`-format dataset: tagged training crops (all, or a seeded subset per image);
-    full val/test images with masks."""
-    if (out / "labels.csv").exists():
-        return out
-    rng = np.random.default_rng(seed)
-    dataset = open_dataset(source, format="ebhi-seg", strict=True)
-    parts = split_by_case(dataset.records, fractions=(0.7, 0.15, 0.15), seed=seed)
-    classes = dataset.info.classes  # background first, then the six lesion classes (mask indices 0..6)
-    rows = []
-    for split, records in parts.items():
-        for record in records:
-            sample = dataset.load(record)
-            image = resized(sample.image, scale, nearest=False)
-            mask = resized(sample.mask, scale, nearest=True)
-            stem = Path(record.image_path).stem
-            pieces = [(stem, image, mask)] if split != "train" else [
-                (f"{stem}_{y}_{x}", image[y:y + crop, x:x + crop], mask[y:y + crop, x:x + crop])
-                for y in range(0, image.shape[0] - crop + 1, crop) for x in range(0, image.shape[1] - crop + 1, crop)]
-            if split == "train" and crops_per_image:
-                pieces = [pieces[i] for i in sorted(rng.choice(len(pieces), crops_per_image, replace=False))]
-            for name, im, m in pieces:
-                write_png(out / "images" / f"{name}.png", im)
-                write_png(out / "masks" / f"{name}.png", m)
-                share = np.bincount(m.ravel(), minlength=len(classes)) / m.size
-                tags = (share >= min_fraction).astype(int).tolist()
-                rows.append([f"{name}.png", *tags, record.case_id, split])
-    with (out / "labels.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", *classes, "case", "split"])
-        writer.writerows(rows)
+    """A `folder`-format dataset (``tissueseg data tag-crops``): tagged training crops (all, or a seeded
+    subset per image); whole val/test images with masks."""
+    tag_crops(source, out, CropOptions(crop=crop, tag_min_area=min_fraction, scale=scale,
+                                       split_fractions=(0.7, 0.15, 0.15), whole=("val", "test"),
+                                       per_image=crops_per_image, seed=seed, format="ebhi-seg"))
     return out
 
 
@@ -118,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tag = f"s{args.scale}_c{args.crop}_f{args.min_fraction}_k{args.crops_per_image}_seed{args.seed}"
-    data = write_weak_dataset(args.data, args.work / f"data_{tag}", args.scale, args.crop, args.min_fraction,
+    data = write_weak_dataset(args.data, args.work / f"crops_{tag}", args.scale, args.crop, args.min_fraction,
                               args.seed, args.crops_per_image)
     config = WSSSConfig.model_validate({
         "out_dir": str(args.work / f"run_{tag}_e{args.epochs}"), "seed": args.seed, "device": args.device,
@@ -142,8 +106,9 @@ def main() -> None:
                           f"{100 * results[f'ablation_no_{loss}']['layers'][0]['miou']:.1f}")
     device = torch.cuda.get_device_name() if run.device.type == "cuda" else f"CPU ({platform.processor() or 'x86_64'})"
     summary = {"weak_labels": f"sub-crop tags ({args.crop}px crops at scale {args.scale}, "
-                              f"{args.crops_per_image or 'all'} per image, class present if "
-                              f">= {args.min_fraction:.0%} of the crop, background included)",
+                              f"{args.crops_per_image or 'all'} per image, a class tagged when >= "
+                              f"{args.min_fraction:.0%} of the crop's tissue, background when >= that much "
+                              f"of the crop)",
                "split": f"by case, seed {args.seed}, 70/15/15", "epochs": args.epochs, "device": device,
                "seconds": round(elapsed), "results": results}
     report = Path(config.out_dir) / f"benchmark_{'_'.join(args.methods)}.json"

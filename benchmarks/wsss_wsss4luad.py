@@ -1,10 +1,11 @@
 """Weakly supervised methods on real lung adenocarcinoma tissue: WSSS4LUAD validation images (Han et al. 2022).
 
 Only the 31 released validation images with pixel masks are at hand (the training patches are not), so
-the weak labels are derived the way the challenge derived its own: images are split **by image**
-(seeded), training images are cut into ``--crop`` crops (``--stride`` apart) and a crop is tagged
-with every class (tumour, stroma, normal) covering at least ``--min-fraction`` of its tissue
-(background, mask index 3, is not a class and not scored; it becomes 255). Training uses only these
+the weak labels are derived the way the challenge derived its own, by ``tissueseg data tag-crops``
+(:func:`tissueseg.slides.tiles.tag_crops`): images are split **by image** (seeded), training images
+are cut into ``--crop`` crops (``--stride`` apart; crops with less than 10 % tissue are dropped) and
+a crop is tagged with every class (tumour, stroma, normal) covering at least ``--min-fraction`` of
+its tissue (background, mask index 3, is not a class and not scored; it becomes 255). Training uses only these
 tags; validation / test images are scored whole with their masks (mIoU over the three classes).
 Rows: the plain reference CAM (``benchmarks/reference_cam.py``, timm ResNet-18, random init, Adam),
 the CAM baseline, MLPS, PLIMSeg (label-trained matcher) and the fully supervised stage 2 on the
@@ -18,7 +19,6 @@ WSSS4LUAD: Han et al., arXiv 2204.06455 (research use).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import time
@@ -26,73 +26,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 
 from tissueseg.config import WSSSConfig
-from tissueseg.data import open_dataset, split_by_case
-from tissueseg.data.io import write_png
 from tissueseg.engine.evaluate import meter_for, summarize_scores
 from tissueseg.engine.run import RunContext
 from tissueseg.methods.mlps import run_mlps
 from tissueseg.methods.plimseg import run_plimseg
 from tissueseg.methods.registry import results_table
+from tissueseg.slides.tiles import CropOptions, tag_crops
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKGROUND = 3  # WSSS4LUAD mask index of background (not scored)
-
-
-def resized(array: np.ndarray, scale: float, nearest: bool) -> np.ndarray:
-    if scale == 1.0:
-        return array
-    size = (round(array.shape[1] * scale), round(array.shape[0] * scale))
-    return np.asarray(Image.fromarray(array.astype(np.uint8)).resize(size, Image.NEAREST if nearest else Image.BILINEAR))
-
-
-def crop_windows(length: int, crop: int, stride: int) -> list[int]:
-    """Starts of crops covering ``length`` (the last one flush with the end)."""
-    if length <= crop:
-        return [0]
-    starts = list(range(0, length - crop + 1, stride))
-    return starts if starts[-1] == length - crop else [*starts, length - crop]
 
 
 def write_weak_dataset(source: Path, out: Path, scale: float, crop: int, stride: int, min_fraction: float,
                        seed: int) -> Path:
-    """A `folder`-format dataset: tagged training crops, whole val / test images; background → 255."""
-    if (out / "labels.csv").exists():
-        return out
-    dataset = open_dataset(source, format="wsss4luad", strict=False)
-    records = dataset.split("val").records
-    parts = split_by_case(records, fractions=(0.6, 0.2, 0.2), seed=seed)
-    classes = dataset.info.classes[:BACKGROUND]
-    rows = []
-    for split, chosen in parts.items():
-        for record in chosen:
-            sample = dataset.load(record)
-            image = resized(sample.image, scale, nearest=False)
-            mask = resized(sample.mask, scale, nearest=True).astype(np.int64)
-            mask[mask == BACKGROUND] = 255
-            stem = Path(record.image_path).stem
-            if split != "train":
-                pieces = [(stem, image, mask)]
-            else:
-                pieces = [(f"{stem}_{y}_{x}", image[y:y + crop, x:x + crop], mask[y:y + crop, x:x + crop])
-                          for y in crop_windows(image.shape[0], crop, stride)
-                          for x in crop_windows(image.shape[1], crop, stride)]
-            for name, im, m in pieces:
-                tissue = m != 255
-                if split == "train" and tissue.mean() < 0.1:
-                    continue
-                share = np.bincount(m[tissue], minlength=len(classes))[:len(classes)] / max(tissue.sum(), 1)
-                tags = (share >= min_fraction).astype(int).tolist()
-                write_png(out / "images" / f"{name}.png", im)
-                write_png(out / "masks" / f"{name}.png", m.astype(np.uint8))
-                rows.append([f"{name}.png", *tags, record.case_id.replace("/", "_"), split])
-    with (out / "labels.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", *classes, "case", "split"])
-        writer.writerows(rows)
+    """A `folder`-format dataset (``tissueseg data tag-crops``): tagged training crops with at least 10 %
+    tissue, whole val / test images; background → 255."""
+    tag_crops(source, out, CropOptions(crop=crop, stride=stride, tag_min_area=min_fraction, min_tissue=0.1,
+                                       background=False, scale=scale, split_fractions=(0.6, 0.2, 0.2),
+                                       whole=("val", "test"), seed=seed, format="wsss4luad"))
     return out
 
 
@@ -136,7 +89,7 @@ def main() -> None:
     crop = args.crop or round(224 * args.scale)
     stride = args.stride or crop // 2
     name = f"s{args.scale}_c{crop}_st{stride}_f{args.min_fraction}_seed{args.seed}"
-    data = write_weak_dataset(args.data, args.work / f"data_{name}", args.scale, crop, stride, args.min_fraction,
+    data = write_weak_dataset(args.data, args.work / f"crops_{name}", args.scale, crop, stride, args.min_fraction,
                               args.seed)
     raw = {"out_dir": str(args.work / f"run_{name}_e{args.epochs}{args.tag}"), "seed": args.seed,
            "device": args.device,

@@ -21,7 +21,9 @@ class DataConfig(Section):
     test_split: str | None = None  # default: "test" when present
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # for datasets without official splits
     crop_size: int = 128
-    mpp: float | None = None  # microns per pixel of the training images; stored in model.pt for slide inference
+    # microns per pixel of the training images, stored in model.pt for slide inference; default: the MPP that
+    # the dataset's dataset.json records (data tiles / tag-crops), else unknown
+    mpp: float | None = None
     background_detection: bool | None = None  # white background as a class; default on for LUAD-HistoSeg
     white_threshold: int = 200
     min_background_size: int = 50

@@ -235,6 +235,17 @@ def test_folder_masks_only_infers_class_names(tmp_path):
     assert ds.records[0].labels is None
 
 
+@pytest.mark.parametrize("content, mpp, problems", [('{"mpp": 0.5}', 0.5, 0), ('{"mpp": [0.5, 1.0]}', None, 0),
+                                                    ('{"classes": []}', None, 0), ("not json", None, 1)])
+def test_folder_mpp_comes_from_its_dataset_json(tmp_path, content, mpp, problems):
+    make_folder(tmp_path)
+    (tmp_path / "dataset.json").write_text(content)
+    ds = open_dataset(tmp_path)
+    assert ds.info.mpp == mpp and len(ds.problems) == problems and not any(p.fatal for p in ds.problems)
+    (tmp_path / "labels.csv").unlink()  # classes from the masks keep it too
+    assert open_dataset(tmp_path, format="folder").info.mpp == mpp
+
+
 def test_rgb_masks_are_mapped_through_the_palette(tmp_path):
     make_luad(tmp_path)
     colours = np.array(LUAD_PALETTE, np.uint8)[np.resize([2, 4], (8, 8))]

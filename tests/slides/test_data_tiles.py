@@ -242,6 +242,24 @@ def test_real_svs_with_a_hand_drawn_polygon(tmp_path):
     assert open_dataset(out, format="folder").info.classes == ["epithelium", "stroma"]
 
 
+def test_runs_take_the_tiles_mpp_unless_the_config_sets_one(annotated, tmp_path):
+    import yaml
+    from rich.console import Console
+
+    from tissueseg.config import WSSSConfig
+    from tissueseg.engine.run import RunContext
+
+    slide, geojson, _ = annotated
+    tile_slides([slide], [geojson], tmp_path / "ds", options(mpp=1.0))
+    for mpp, expected in ((None, 1.0), (0.8, 0.8)):
+        config = WSSSConfig.model_validate({"out_dir": str(tmp_path / f"run{mpp}"), "device": "cpu",
+                                            "data": {"path": str(tmp_path / "ds"), "format": "folder", "mpp": mpp,
+                                                     "val_split": "train", "test_split": "train"}})
+        run = RunContext.open(config, console=Console(quiet=True))
+        saved = yaml.safe_load((tmp_path / f"run{mpp}" / "config.yaml").read_text())
+        assert run.config.data.mpp == saved["data"]["mpp"] == expected
+
+
 @pytest.mark.slow
 def test_tiles_dataset_trains_semi_supervised_with_its_unlabelled_tiles(annotated, tmp_path):
     from rich.console import Console
@@ -249,6 +267,7 @@ def test_tiles_dataset_trains_semi_supervised_with_its_unlabelled_tiles(annotate
     from tissueseg.config import SemiConfig
     from tissueseg.engine.run import RunContext
     from tissueseg.methods.unisemalign import labelled_records, run_semi
+    from tissueseg.models.bundle import load_predictor
 
     slide, geojson, _ = annotated
     tile_slides([slide], [geojson], tmp_path / "ds", options(unlabelled=4))
@@ -265,6 +284,7 @@ def test_tiles_dataset_trains_semi_supervised_with_its_unlabelled_tiles(annotate
     assert len(unlabelled) == 4 and all(r.split == "unlabelled" for r in unlabelled)
     results = run_semi(run, ["unisemalign"])
     assert 0.0 <= results["unisemalign"]["test"]["mdice"] <= 1.0
+    assert run.config.data.mpp == 0.5 and load_predictor(tmp_path / "run" / "model.pt").meta.mpp == 0.5
 
 
 def test_journal_survives_a_torn_line_and_other_settings_restart(tmp_path):

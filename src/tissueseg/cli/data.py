@@ -132,7 +132,7 @@ def data_tiles(
 def data_tag_crops(
     dataset: Annotated[Path, typer.Argument(help="A dataset with masks (e.g. ../shared/data/wsss4luad, EBHI-Seg).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (`folder` format).")],
-    crop: Annotated[int, typer.Option(help="Crop side in pixels.")] = 224,
+    crop: Annotated[int, typer.Option(help="Crop side in pixels (after --scale).")] = 224,
     stride: Annotated[int | None, typer.Option(help="Step between crops (default: --crop).")] = None,
     tag_min_area: Annotated[float, typer.Option(
         help="A class is tagged when it covers this fraction of the crop's tissue.")] = 0.05,
@@ -140,6 +140,19 @@ def data_tag_crops(
     background: Annotated[bool, typer.Option(
         "--background/--no-background", help="Tag background as a class of its own (when the dataset has one).")]
     = True,
+    scale: Annotated[float, typer.Option(
+        help="Resize the images by this factor before cropping (bilinear, masks nearest), e.g. 0.5.")] = 1.0,
+    mpp: Annotated[float | None, typer.Option(
+        help="Microns per pixel of the dataset's images (default: what its dataset.json records); OUT's "
+             "dataset.json records it divided by --scale, and training takes that as data.mpp.")] = None,
+    split_fractions: Annotated[str | None, typer.Option(
+        help="Re-split the images by case (seeded) into train,val,test with these image fractions, e.g. "
+             "0.6,0.2,0.2 (default: the dataset's own splits).")] = None,
+    whole: Annotated[str, typer.Option(
+        help="Splits written as whole images with their masks instead of crops (for validation and scoring), "
+             "comma-separated, e.g. val,test.")] = "",
+    per_image: Annotated[int | None, typer.Option(help="Keep this many tagged crops per image (seeded).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --split-fractions and --per-image.")] = 0,
     format: Annotated[str, typer.Option("--format", "-f", help=f"Dataset format: {FORMATS}.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Rewrite the crops.")] = False,
 ) -> None:
@@ -147,13 +160,20 @@ def data_tag_crops(
     from tissueseg.slides.tiles import CropOptions, tag_crops
 
     with user_errors():
+        try:
+            fractions = tuple(float(v) for v in split_fractions.split(",")) if split_fractions else None
+        except ValueError as exc:
+            raise ValueError(f"--split-fractions {split_fractions}: give three comma-separated fractions "
+                             f"train,val,test (fix: e.g. --split-fractions 0.6,0.2,0.2)") from exc
+        options = CropOptions(crop=crop, stride=stride, tag_min_area=tag_min_area, min_tissue=min_tissue,
+                              background=background, scale=scale, mpp=mpp, split_fractions=fractions,
+                              whole=tuple(w for w in whole.split(",") if w), per_image=per_image, seed=seed,
+                              format=format, overwrite=overwrite)
         with progress_bar() as bar:
             task = bar.add_task(f"cropping {dataset.name}", total=None)
-            summary = tag_crops(dataset, out, CropOptions(crop=crop, stride=stride, tag_min_area=tag_min_area,
-                                                          min_tissue=min_tissue, background=background,
-                                                          format=format, overwrite=overwrite),
-                                progress=lambda i, n: bar.update(task, completed=i, total=n),
+            summary = tag_crops(dataset, out, options, progress=lambda i, n: bar.update(task, completed=i, total=n),
                                 warn=lambda m: bar.console.print(m, highlight=False, markup=False))
     tags = ", ".join(f"{c} {n}" for c, n in summary["tag_frequencies"].items())
-    console.print(f"{summary['crops']} crops of {summary['images']} images in {out} (crops per tag: {tags})",
-                  highlight=False)
+    whole_images = f" + {summary['whole']} whole images" if summary["whole"] else ""
+    console.print(f"{summary['crops']} crops{whole_images} of {summary['images']} images in {out} "
+                  f"(crops per tag: {tags})", highlight=False)

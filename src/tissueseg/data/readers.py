@@ -63,6 +63,8 @@ Formats (``open_dataset(path, format=...)``; ``"auto"`` detects them from the tr
       largest mask value.
     - Images missing from ``labels.csv`` have no image-level labels and images without a
       mask have no pixel labels (e.g. the unlabelled images of semi-supervised training).
+    - ``dataset.json`` (optional, written by ``tissueseg data tiles`` / ``data tag-crops``):
+      its ``mpp``, when one number, is the images' microns per pixel (``DatasetInfo.mpp``).
 
 Every file is checked on open (image headers, mask sizes and values) and every
 problem is collected with its path and fix; see :func:`open_dataset`.
@@ -71,6 +73,7 @@ problem is collected with its path and fix; see :func:`open_dataset`.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from collections import Counter
@@ -448,11 +451,25 @@ def _labels_csv(path: Path, problems: list[Problem]) -> tuple[list[str], dict[st
     return classes, entries
 
 
-def _folder_info(classes: list[str]) -> DatasetInfo:
+def _folder_info(classes: list[str], mpp: float | None) -> DatasetInfo:
     palette = [_DEFAULT_PALETTE[i % len(_DEFAULT_PALETTE)] for i in range(len(classes))]
     background = classes.index("background") if "background" in classes else None
     return DatasetInfo("folder", classes, list(classes), palette, ignore_index=FOLDER_IGNORE_INDEX,
-                       background_index=background)
+                       background_index=background, mpp=mpp)
+
+
+def _recorded_mpp(path: Path, problems: list[Problem]) -> float | None:
+    """The one MPP that ``dataset.json`` records (None without the file, or with several MPPs)."""
+    if not path.is_file():
+        return None
+    try:
+        mpp = json.loads(path.read_text()).get("mpp")
+    except (ValueError, AttributeError):
+        problems.append(Problem(path, "not a JSON object, its MPP is ignored",
+                                "rewrite it (tissueseg data tiles / tag-crops) or set data.mpp in the config",
+                                fatal=False))
+        return None
+    return float(mpp) if isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and mpp > 0 else None
 
 
 def _scan_folder(root: Path) -> _Scan:
@@ -463,7 +480,7 @@ def _scan_folder(root: Path) -> _Scan:
         problems.append(Problem(root, "neither labels.csv nor masks/: the images carry no labels",
                                 "add labels.csv (image,<class_1>,...) and/or a masks/ folder"))
     classes, entries = _labels_csv(csv_path, problems) if csv_path.is_file() else ([], {})
-    scan = _Scan(_folder_info(classes), problems=problems)
+    scan = _Scan(_folder_info(classes, _recorded_mpp(root / "dataset.json", problems)), problems=problems)
     pairs = _pair(images, _files_by_stem(mask_dir), mask_dir, "allowed", problems) if mask_dir.is_dir() \
         else [(image, None) for image in images]
     by_name = {image.name: image for image in images} | {image.stem: image for image in images}
@@ -479,11 +496,11 @@ def _scan_folder(root: Path) -> _Scan:
     return scan
 
 
-def _classes_from_masks(mask_values: list[np.ndarray]) -> DatasetInfo:
+def _classes_from_masks(mask_values: list[np.ndarray], mpp: float | None) -> DatasetInfo:
     """Name classes ``class_0``..``class_K-1`` after the largest mask value (masks-only folders)."""
     values = np.concatenate(mask_values) if mask_values else np.zeros(1, dtype=np.int64)
     count = int(values[values != FOLDER_IGNORE_INDEX].max(initial=0)) + 1
-    return replace(_folder_info([f"class_{i}" for i in range(count)]), label_classes=[])
+    return replace(_folder_info([f"class_{i}" for i in range(count)], mpp), label_classes=[])
 
 
 # --------------------------------------------------------------------------- masks
@@ -586,7 +603,7 @@ def _validate(scan: _Scan, decode: MaskDecoder) -> tuple[list[Record], list[Prob
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(lambda record: _check_record(record, scan.info, decode), scan.records))
     info = scan.info if scan.info.classes else \
-        _classes_from_masks([values for _, values in results if values is not None])
+        _classes_from_masks([values for _, values in results if values is not None], scan.info.mpp)
     problems, records = list(scan.problems), []
     for record, (record_problems, _) in zip(scan.records, results):
         problems += record_problems

@@ -77,7 +77,8 @@ class DatasetInfo:
     ``classes`` are the mask indices 0..K-1 by name. ``label_classes`` are the
     classes of the image-level label vector (a prefix of ``classes`` for the WSSS
     formats). ``ignore_index`` is the mask index excluded from scoring (the white
-    background of LUAD-HistoSeg / BCSS-WSSS), or None.
+    background of LUAD-HistoSeg / BCSS-WSSS), or None. ``mpp`` is the images' microns
+    per pixel when the dataset records one (``dataset.json`` of a ``folder`` dataset).
     """
 
     format: str
@@ -86,6 +87,7 @@ class DatasetInfo:
     palette: list[tuple[int, int, int]]
     ignore_index: int | None = None
     background_index: int | None = None
+    mpp: float | None = None
 
 
 class SplitView(Sequence[Sample]):

@@ -43,11 +43,18 @@ class RunContext:
 
     @classmethod
     def open(cls, config: Any, console: Console | None = None) -> "RunContext":
-        """Open and validate the dataset (strict: every problem listed), resolve splits, save the config."""
+        """Open and validate the dataset (strict: every problem listed), resolve splits, save the config.
+
+        ``data.mpp`` left unset takes the dataset's own MPP (``dataset.json`` of ``data tiles`` /
+        ``data tag-crops``), so the saved config and ``model.pt`` carry it.
+        """
         dist_utils.init_distributed()
         seed_everything(config.seed)
         d = config.data
         dataset = open_dataset(d.path, format=d.format, strict=True)
+        if d.mpp is None and dataset.info.mpp is not None:
+            d = d.model_copy(update={"mpp": dataset.info.mpp})
+            config = config.model_copy(update={"data": d})
         dataset.cache_in_memory(int(d.cache_gib * 2**30))
         splits = resolve_splits(dataset, d.train_split, d.val_split, d.test_split, d.split_fractions, config.seed)
         detect = d.background_detection

@@ -543,7 +543,7 @@ def export_model(run: RunContext, segmenter: nn.Module, path: Path | None = None
     space = semi_space(run)
     meta = ModelMeta(method=method, classes=list(space.names), palette=[tuple(c) for c in space.palette],
                      label_to_mask=list(range(space.num_classes)), background_index=space.background,
-                     window=cfg.evaluation.window, train_crop=cfg.data.crop_size,
+                     window=cfg.evaluation.window, train_crop=cfg.data.crop_size, mpp=cfg.data.mpp,
                      extra={"binary": cfg.binary, "inference": "DeepLabV3+ logits (fused heads are training-only)"})
     return save_bundle(path or run.out_dir / "model.pt", segmenter, segmenter_spec(cfg, space.num_classes), meta)
 

@@ -24,7 +24,8 @@ Runs with other slides (e.g. ``--split val``) add to the same dataset; ``labels.
 ``tiles.csv`` are rebuilt from all finished slides, atomically.
 
 :func:`tag_crops` applies the same tagging to a dataset that already has masks (WSSS4LUAD,
-EBHI-Seg, any ``folder`` dataset): crops, their tags and their masks.
+EBHI-Seg, any ``folder`` dataset): crops of its (optionally rescaled) images, their tags and their
+masks, in its own splits or a seeded split by case, with chosen splits (validation, test) kept whole.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import os
 import shutil
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -487,6 +488,9 @@ def tile_slides(slides: Sequence[str | os.PathLike], annotations: Sequence[str |
 
 # --- tagged crops of masked datasets -----------------------------------------------------------------
 
+CROP_STAMP = ".tag-crops.json"  # settings of the crops in OUT, written before the first one
+
+
 @dataclass
 class CropOptions:
     """Settings of ``tissueseg data tag-crops``."""
@@ -496,8 +500,41 @@ class CropOptions:
     tag_min_area: float = 0.05  # of the crop's tissue (pixels of tissue classes)
     min_tissue: float = 0.0  # crops with less tissue (fraction of the crop) are skipped
     background: bool = True  # tag background as a class of its own ("background" column) when the dataset has one
+    scale: float = 1.0  # images resized by this factor (bilinear, masks nearest) before cropping
+    mpp: float | None = None  # µm/px of the source images (default: the source's own); OUT records mpp / scale
+    split_fractions: tuple[float, float, float] | None = None  # re-split the images by case (seeded): train/val/test
+    whole: tuple[str, ...] = ()  # splits written as whole images with their masks (for scoring), not cropped
+    per_image: int | None = None  # keep this many of each image's tagged crops (seeded)
+    seed: int = 0  # of split_fractions and per_image
     format: str = "auto"
     overwrite: bool = False
+
+    def settings(self, source: str | os.PathLike) -> dict:
+        """What the crops of ``source`` depend on, as JSON values (``overwrite`` left out)."""
+        d = asdict(self) | {"source": str(Path(source))}
+        d.pop("overwrite")
+        return json.loads(json.dumps(d))
+
+    def check(self) -> None:
+        """Raise :class:`TilingError` naming the bad option and its fix."""
+        if self.crop < 1 or (self.stride is not None and self.stride < 1):
+            raise TilingError(f"--crop {self.crop} / --stride {self.stride}: both must be ≥ 1 px "
+                              f"(fix: e.g. --crop 224 --stride 112)")
+        if not self.scale > 0:
+            raise TilingError(f"--scale {self.scale}: must be > 0 (fix: e.g. --scale 0.5 halves the images, "
+                              f"1 keeps them)")
+        if self.mpp is not None and not self.mpp > 0:
+            raise TilingError(f"--mpp {self.mpp}: must be > 0 µm/px (fix: e.g. --mpp 0.25 for a 40x scan, "
+                              f"or leave it out)")
+        if self.per_image is not None and self.per_image < 1:
+            raise TilingError(f"--per-image {self.per_image}: must be ≥ 1 (fix: leave it out to keep every crop)")
+        fractions = self.split_fractions
+        if fractions is not None and (len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6):
+            raise TilingError(f"--split-fractions {','.join(map(str, fractions))}: three fractions (train, val, test) "
+                              f"≥ 0 summing to 1 (fix: e.g. --split-fractions 0.7,0.15,0.15)")
+        for name, value in (("--tag-min-area", self.tag_min_area), ("--min-tissue", self.min_tissue)):
+            if not 0 <= value <= 1:
+                raise TilingError(f"{name} {value}: must be a fraction in [0, 1] (fix: e.g. {name} 0.05)")
 
 
 def crop_tags(mask: np.ndarray, tissue_values: Sequence[int], background_value: int | None,
@@ -520,28 +557,58 @@ def crop_tags(mask: np.ndarray, tissue_values: Sequence[int], background_value: 
     return tags, coverage, tissue / mask.size, bg
 
 
+def _rescaled(array: np.ndarray, scale: float, nearest: bool) -> np.ndarray:
+    """An image (bilinear) or mask (``nearest``) resized by ``scale``."""
+    if scale == 1.0:
+        return array
+    from PIL import Image
+
+    h, w = array.shape[:2]
+    img = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(img.resize(size, Image.NEAREST if nearest else Image.BILINEAR))
+
+
+def _start_crops(out: Path, settings: dict, overwrite: bool) -> None:
+    """Clear crops of other settings (or all, with ``overwrite``) from ``out`` and stamp it with ``settings``."""
+    stamp = out / CROP_STAMP
+    prior = json.loads(stamp.read_text()) if stamp.exists() else None
+    if prior is None and not overwrite and any((out / "images").glob("*")):
+        raise TilingError(f"{out}: images/ holds files that tag-crops did not write (fix: choose a new --out, or "
+                          f"--overwrite to replace them)")
+    if overwrite or prior != settings:
+        for sub in ("images", "masks"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    write_json(stamp, settings)
+
+
 def tag_crops(dataset: str | os.PathLike, out: str | os.PathLike, options: CropOptions | None = None,
               progress: Progress | None = None, warn: Warn | None = None) -> dict:
     """Cut every masked image of ``dataset`` into crops and write a ``folder`` dataset with their tags.
 
     Classes are the dataset's label classes (plus ``background`` when it has one and
-    ``options.background``); masks keep every class pixel, 255 elsewhere; case and split come from
-    the source. ``crops.csv`` gives each crop's source image and x/y. Crops already written are
-    kept on a rerun (files are written atomically); the CSVs are written last.
+    ``options.background``); masks keep every class pixel, 255 elsewhere. Images are resized by
+    ``options.scale`` first; crops along a side shorter than the crop are as long as that side.
+    Case and split come from the source, or from a seeded split by case
+    (``options.split_fractions``); the images of ``options.whole`` splits are written whole, with
+    their tags and masks, whatever their tissue (validation and scoring). ``crops.csv`` gives each
+    crop's source image, x/y and size (scaled pixels). A rerun with the same settings keeps the crops
+    already written (files are written atomically); other settings start afresh. The CSVs and
+    ``dataset.json`` (classes, MPP of the crops when known) are written last.
     """
-    from tissueseg.data import open_dataset
+    from tissueseg.data import open_dataset, split_by_case
     from tissueseg.models.inference import window_starts
+    from tissueseg.slides.predict import output_names
 
     options = options or CropOptions()
+    options.check()
     warn = warn or (lambda msg: None)
     out = Path(out)
-    if (out / "labels.csv").exists() and not options.overwrite and (out / "crops.csv").exists():
-        prior = json.loads((out / "dataset.json").read_text()) if (out / "dataset.json").exists() else {}
-        if prior.get("settings") == json.loads(json.dumps(asdict(options) | {"source": str(Path(dataset))})):
+    settings = options.settings(dataset)
+    if not options.overwrite and all((out / f).exists() for f in ("labels.csv", "crops.csv", "dataset.json")):
+        prior = json.loads((out / "dataset.json").read_text())
+        if prior.get("settings") == settings:
             return {**prior, "resumed": "finished"}
-    if options.overwrite:
-        for sub in ("images", "masks"):
-            shutil.rmtree(out / sub, ignore_errors=True)
     ds = open_dataset(dataset, format=options.format, strict=False)  # e.g. WSSS4LUAD without its training folder
     for problem in ds.problems:
         warn(f"{problem} (its files are left out)" if problem.fatal else str(problem))
@@ -550,60 +617,74 @@ def tag_crops(dataset: str | os.PathLike, out: str | os.PathLike, options: CropO
     bg = info.background_index if options.background else None
     if bg is not None and bg in label_values:  # background already a label class (folder datasets)
         label_values.remove(bg)
-    tissue_names = [info.classes[v] for v in label_values]
-    classes = tissue_names + (["background"] if bg is not None else [])
+    values = label_values + ([bg] if bg is not None else [])
+    classes = [info.classes[v] for v in label_values] + (["background"] if bg is not None else [])
     lut = np.full(256, IGNORE, dtype=np.uint8)
-    for k, v in enumerate(label_values + ([bg] if bg is not None else [])):
-        lut[v] = k
+    lut[values] = np.arange(len(values))
     palette = [tuple(info.palette[v]) if v < len(info.palette) else _PALETTE[k % len(_PALETTE)]
-               for k, v in enumerate(label_values + ([bg] if bg is not None else []))]
+               for k, v in enumerate(values)]
     palette = palette + [(0, 0, 0)] * (IGNORE - len(palette)) + [(255, 255, 255)]
     records = [r for r in ds.records if r.mask_path is not None]
     if len(records) < len(ds.records):
         warn(f"{dataset}: {len(ds.records) - len(records)} images without a mask skipped")
     if not records:
         raise TilingError(f"{dataset}: no image has a mask to derive tags from")
-    stride = options.stride or options.crop
-    rows, small, untagged = [], 0, 0
+    if options.split_fractions is not None:
+        parts = split_by_case(records, tuple(options.split_fractions), options.seed)
+        records = [replace(r, split=name) for name, part in parts.items() for r in part]
+    unknown = sorted(set(options.whole) - {r.split for r in records})
+    if unknown:
+        raise TilingError(f"--whole {','.join(unknown)}: {dataset} has no such split (its splits: "
+                          f"{', '.join(sorted({r.split for r in records}))}) (fix: name splits it has, or re-split the "
+                          f"images with --split-fractions 0.7,0.15,0.15)")
+    _start_crops(out, settings, options.overwrite)
+    c, stride = options.crop, options.stride or options.crop
+    tissue_values, bg_value = range(len(label_values)), (len(label_values) if bg is not None else None)
+    rows, untagged = [], 0
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    for i, record in enumerate(records):
+    stems = output_names([r.image_path for r in records])  # a path hash where stems repeat (EBHI class folders)
+    for i, (record, stem) in enumerate(zip(records, stems)):
         sample = ds.load(record)
-        h, w = sample.mask.shape
-        c = options.crop
-        if h < c or w < c:
-            small += 1
-            continue
-        mask = lut[np.clip(sample.mask, 0, 255)]
-        for y in window_starts(h, c, stride):
-            for x in window_starts(w, c, stride):
-                m = mask[y:y + c, x:x + c]
-                tags, coverage, tissue, _ = crop_tags(m, range(len(label_values)),
-                                                      len(label_values) if bg is not None else None,
-                                                      options.tag_min_area)
-                if tissue < options.min_tissue or not any(tags):
-                    untagged += 1
-                    continue
-                image_name = f"{record.image_path.stem}_x{x}_y{y}.png"
-                if not (out / "images" / image_name).exists() or not (out / "masks" / image_name).exists():
-                    _png(out / "masks" / image_name, m, palette=palette)
-                    _png(out / "images" / image_name, sample.image[y:y + c, x:x + c])
-                rows.append({"image": image_name, "source": str(record.image_path), "case": record.case_id,
-                             "split": record.split, "x": x, "y": y, "crop": c, "labels": tags,
-                             "coverage": [round(v, 4) for v in coverage]})
+        image = _rescaled(sample.image, options.scale, nearest=False)
+        mask = _rescaled(lut[np.clip(sample.mask, 0, 255)], options.scale, nearest=True)
+        h, w = mask.shape
+        kind = "whole" if record.split in options.whole else "crop"
+        windows = [(f"{stem}.png", 0, 0, h, w)] if kind == "whole" else [
+            (f"{stem}_x{x}_y{y}.png", x, y, c, c)
+            for y in window_starts(h, c, stride) for x in window_starts(w, c, stride)]
+        pieces = []
+        for name, x, y, ph, pw in windows:
+            m = mask[y:y + ph, x:x + pw]
+            tags, coverage, tissue, _ = crop_tags(m, tissue_values, bg_value, options.tag_min_area)
+            if kind == "whole" or (tissue >= options.min_tissue and any(tags)):
+                pieces.append((name, x, y, m, tags, coverage))
+        untagged += len(windows) - len(pieces)
+        if kind == "crop" and options.per_image and len(pieces) > options.per_image:
+            rng = np.random.default_rng([options.seed, zlib.crc32(stem.encode())])
+            pieces = [pieces[k] for k in sorted(rng.choice(len(pieces), options.per_image, replace=False))]
+        for name, x, y, m, tags, coverage in pieces:
+            if not (out / "images" / name).exists() or not (out / "masks" / name).exists():
+                _png(out / "masks" / name, m, palette=palette)
+                _png(out / "images" / name, image[y:y + m.shape[0], x:x + m.shape[1]])
+            rows.append({"image": name, "source": str(record.image_path), "case": record.case_id,
+                         "split": record.split, "kind": kind, "x": x, "y": y, "width": m.shape[1],
+                         "height": m.shape[0], "labels": tags, "coverage": [round(v, 4) for v in coverage]})
         if progress is not None:
             progress(i + 1, len(records))
-    if small:
-        warn(f"{dataset}: {small} images smaller than the {options.crop}-px crop skipped")
-    if not rows:
+    crops = [r for r in rows if r["kind"] == "crop"]
+    if not crops and any(r.split not in options.whole for r in records):
         raise TilingError(f"{dataset}: no crop has a tag (fix: lower --tag-min-area / --min-tissue or the --crop size)")
-    _write_csv(out / "crops.csv", ["image", "source", "case", "split", "x", "y", "crop", "tags"],
-               [[r["image"], r["source"], r["case"], r["split"], r["x"], r["y"], r["crop"],
+    _write_csv(out / "crops.csv", ["image", "source", "case", "split", "kind", "x", "y", "width", "height", "tags"],
+               [[r["image"], r["source"], r["case"], r["split"], r["kind"], r["x"], r["y"], r["width"], r["height"],
                  ";".join(cl for cl, v in zip(classes, r["labels"]) if v)] for r in rows])
     _write_csv(out / "labels.csv", ["image", *classes, *LABEL_COLUMNS], _labels_rows(rows, len(classes)))
+    mpp = options.mpp or info.mpp
     summary = {"format": "folder", "source": str(dataset), "source_format": info.format, "classes": classes,
-               "crops": len(rows), "images": len(records), "skipped_small": small, "skipped_untagged": untagged,
-               "tag_frequencies": {cl: int(sum(r["labels"][k] for r in rows)) for k, cl in enumerate(classes)},
-               "settings": asdict(options) | {"source": str(Path(dataset))}}
+               "mpp": mpp / options.scale if mpp else None, "crops": len(crops), "whole": len(rows) - len(crops),
+               "images": len(records), "skipped_untagged": untagged,
+               "splits": {s: sum(r["split"] == s for r in rows) for s in sorted({r["split"] for r in rows})},
+               "tag_frequencies": {cl: int(sum(r["labels"][k] for r in crops)) for k, cl in enumerate(classes)},
+               "settings": settings}
     write_json(out / "dataset.json", summary)
     return summary
