@@ -227,6 +227,9 @@ class UniSemAlignSettings(Section):
     strong_target: Literal["weak", "strong"] = "weak"  # paper: fused weak label; official code: strong's own
     fp_dropout: float = 0.5
     cutmix_prob: float = 0.5
+    # ours: the unlabelled rows start from the supervised-only row's best weights (trained first when the run
+    # folder lacks it), so early pseudo labels come from a trained model; official: from ImageNet weights
+    warm_start: bool = True
     clean_bn_statistics: bool = True  # ours: strong / perturbed passes do not update BN running stats (official: they do)
     # Total = Σ weight·loss / 2. Ours: the labelled CE counts 1.0 as in the supervised-only row, and the
     # unlabelled terms ramp up from 0 over the first ``ramp_up`` of training (sigmoid, Laine & Aila 2017).

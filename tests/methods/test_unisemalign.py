@@ -212,9 +212,12 @@ def test_train_evaluate_resume_and_export(tiny_data, tmp_path):
     test = results["unisemalign"]["test"]
     assert 0.0 <= test["mdice"] <= 1.0 and set(test["dice"]) == set(run.info.classes)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    row = next(e for e in log if e["event"] == "row")
+    row = next(e for e in log if e["event"] == "row" and e["stage"] == "unisemalign")
     assert row["text_encoder"] == "learnable" and row["labelled"] == 3 and row["prototypes"]
-    epoch = next(e for e in log if e["event"] == "epoch")
+    # warm start (default): the supervised-only row was trained first and the semi row started from it
+    assert row["warm_start"] and (tmp_path / "checkpoints" / "supervised_best.pt").exists()
+    assert [e["stage"] for e in log if e["event"] == "row"] == ["supervised", "unisemalign"]
+    epoch = next(e for e in log if e["event"] == "epoch" and e["stage"] == "unisemalign")
     assert {"train_loss_proto", "train_loss_text", "train_loss_align", "train_threshold", "val_mdice"} <= set(epoch)
     assert (tmp_path / "config.yaml").exists() and (tmp_path / "overlays" / "unisemalign").is_dir()
     state = torch.load(tmp_path / "checkpoints" / "unisemalign_last.pt", weights_only=False)
@@ -278,3 +281,28 @@ def test_frozen_vit_encoder_step_trains_projections_decoder_and_branches():
     base, head = parameter_groups(net, 10.0)
     assert {id(p) for p in base["params"]} == {id(p) for p in vit.projections.parameters()}
     assert head["lr_mult"] == 10.0 and any(p is net.prototypes for p in head["params"])
+
+
+def test_warm_start_loads_the_supervised_weights(tiny_data, tmp_path, monkeypatch):
+    import tissueseg.methods.unisemalign as usa
+
+    run = make_run(tiny_data, tmp_path)
+    supervised = usa.train_row(run, "supervised")
+    started: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    def fit(self, *args, **kwargs):  # capture the weights the semi row starts from, then stop
+        started.update({k: v.clone() for k, v in usa.segmenter_of(self.model).state_dict().items()})
+        raise Stop
+
+    monkeypatch.setattr(usa.Trainer, "fit", fit)
+    with pytest.raises(Stop):
+        usa.train_row(run, "consistency")
+    reference = supervised.state_dict()
+    assert all(torch.equal(started[k].cpu(), reference[k].cpu()) for k in reference)
+    with pytest.raises(Stop):
+        usa.train_row(run, "consistency", settings=run.config.unisemalign.model_copy(update=PAPER_RECIPE))
+    assert not all(torch.equal(started[k].cpu(), reference[k].cpu()) for k in reference if k.endswith("weight"))
+

@@ -179,7 +179,7 @@ def fused_pseudo_labels(logits: torch.Tensor, pixel: torch.Tensor | None, out: d
 
 
 PAPER_RECIPE = {"sup_weight": 0.5, "strong_weight": 0.25, "kl_weight": 0.25, "fp_weight": 0.25, "ramp_up": 0.0,
-                "threshold": "ema", "clean_bn_statistics": False}
+                "threshold": "ema", "clean_bn_statistics": False, "warm_start": False}
 """Settings overrides that restore the paper's / official code's loss weights and EMA threshold."""
 
 
@@ -409,7 +409,8 @@ def train_row(run: RunContext, row: str, name: str | None = None,
 
     ``supervised`` / ``fully_supervised``: DeepLabV3+ with CE on the labelled / all training masks
     (as many iterations as the semi-supervised rows). ``consistency``: the weak/strong pipeline
-    without prototype and text branches. ``unisemalign``: everything (``settings`` for ablations).
+    without prototype and text branches. ``unisemalign``: everything (``settings`` for ablations). With
+    ``settings.warm_start`` both start from the ``supervised`` row's best weights (trained first if missing).
     """
     if row not in ROWS:
         raise ValueError(f"unknown row {row!r} (fix: one of {', '.join(ROWS)})")
@@ -432,9 +433,15 @@ def train_row(run: RunContext, row: str, name: str | None = None,
     train_set = SemiPairs(run.dataset, labelled, unlabelled, space, cfg.data.crop_size, length,
                           settings.cutmix_prob, cfg.seed)
     model = build_network(cfg, space, row, settings, run.out_dir)
+    warm = settings.warm_start and row in ("consistency", "unisemalign")
+    if warm:
+        supervised = run.out_dir / "checkpoints" / "supervised_best.pt"
+        if not supervised.exists():
+            train_row(run, "supervised")
+        load_best(segmenter_of(model), supervised, run.device)
     log = JsonLog(run.out_dir / "log.jsonl")
     text = getattr(model, "text", None)
-    log.write("row", stage=name, row=row, labelled=len(labelled), unlabelled=len(unlabelled),
+    log.write("row", stage=name, row=row, labelled=len(labelled), unlabelled=len(unlabelled), warm_start=warm,
               text_encoder=text.name if text is not None else None,
               prototypes=getattr(model, "prototypes", None) is not None)
     if text is not None and dist_utils.is_main_process():
