@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from tissueseg.engine.data import IGNORE, LabelSpace
 from tissueseg.engine.evaluate import score_records
 from tissueseg.engine.losses import masked_cross_entropy
 from tissueseg.engine.run import RunContext
-from tissueseg.engine.trainer import JsonLog, TrainConfig, Trainer, load_best, unwrap
+from tissueseg.engine.trainer import JsonLog, StepFn, TrainConfig, Trainer, load_best, unwrap
 from tissueseg.methods.base import Method, ResultRow
 from tissueseg.metrics.confusion import ConfusionMeter
 from tissueseg.metrics.objects import glas_object_metrics, instances_from_binary
@@ -403,6 +403,23 @@ def semi_space(run: RunContext) -> LabelSpace:
     return LabelSpace.every_class(run.info, run.config.binary)
 
 
+def semi_step(settings: UniSemAlignSettings, frozen: bool, progress: Callable[[], float]) -> StepFn:
+    """One UniSemAlign step: weak/strong/feature-perturbed passes, every loss, and the EMA threshold update.
+
+    ``progress()`` is the fraction of training done (for the ramp-up); ``frozen`` keeps a frozen
+    encoder's BatchNorm in eval mode.
+    """
+    def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        inner = unwrap(net)
+        keep_frozen_in_eval(inner.segmenter, frozen)
+        strong = cutmix(batch["strong"], batch["box"].bool())
+        out = net(batch["image"], batch["weak"], strong)
+        losses, threshold = unisemalign_losses(out, batch, inner.threshold, settings, progress())
+        inner.threshold.copy_(threshold)
+        return losses
+    return step
+
+
 def train_row(run: RunContext, row: str, name: str | None = None,
               settings: UniSemAlignSettings | None = None) -> DeepLabV3Plus:
     """Train one row (resuming from ``out_dir/checkpoints/<name>_last.pt``); returns its best segmenter.
@@ -452,15 +469,6 @@ def train_row(run: RunContext, row: str, name: str | None = None,
         keep_frozen_in_eval(segmenter_of(unwrap(net)), frozen)
         return {"loss": F.cross_entropy(net(batch["image"]).float(), batch["mask"], ignore_index=IGNORE)}
 
-    def semi_step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        inner = unwrap(net)
-        keep_frozen_in_eval(inner.segmenter, frozen)
-        strong = cutmix(batch["strong"], batch["box"].bool())
-        out = net(batch["image"], batch["weak"], strong)
-        losses, threshold = unisemalign_losses(out, batch, inner.threshold, settings, trainer.progress)
-        inner.threshold.copy_(threshold)
-        return losses
-
     def evaluate(net: nn.Module) -> dict[str, float]:
         t = cfg.train
         epoch = epoch_now["epoch"]
@@ -469,7 +477,8 @@ def train_row(run: RunContext, row: str, name: str | None = None,
         scores = evaluate_segmenter(run, segmenter_of(net), run.splits["val"], objects=False)
         return {f"val_{k}": float(scores[k]) for k in ("mdice", "mjaccard", "dice_fg", "jaccard_fg")}
 
-    step = supervised_step if row in ("supervised", "fully_supervised") else semi_step
+    step = supervised_step if row in ("supervised", "fully_supervised") else \
+        semi_step(settings, frozen, lambda: trainer.progress)
     trainer.fit(train_set, step, evaluate=evaluate, select=f"val_{cfg.evaluation.select}",
                 on_epoch_start=on_epoch_start)
     return load_row(run, trainer.best_path)

@@ -1,0 +1,232 @@
+"""Training overhead of the engine: the Trainer's images/s against a bare PyTorch loop, same network, data and step.
+
+Rows: MLPS stage 1 (PDA classifier), MLPS stage 2 (DeepLabV3+ on three masks per patch), PLIMSeg stage 1
+(label-trained matcher, random weights, frozen) and UniSemAlign (the semi step; two images per item). Each
+row builds the method's own network, training items and step function (those `tissueseg wsss` / `semi`
+train with) on a synthetic LUAD-HistoSeg set.
+
+Timed, engine: ``Trainer.fit`` end to end for ``--epochs`` epochs of ``--steps`` steps — its DataLoader,
+poly LR, NaN guard, loss bookkeeping, progress bar (rendered to a terminal-like sink), JSON log and the
+epoch-end checkpoints; no validation (``evaluate=None``). Bare: a plain DataLoader over the same items
+(shuffled, same batch and workers) → ``step`` → backward → SGD step, as many steps. Both use the same
+precision and memory format (bf16 autocast on CUDA when ``--amp``, channels_last). Blocks alternate
+bare / engine ``--rounds`` times after one untimed pair; medians are reported.
+
+    python benchmarks/training_overhead.py --device cpu --threads 1 --size 64 --batch 8
+    python benchmarks/training_overhead.py --device cuda --size 224 --batch 20 --steps 20 --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+ROWS = ("mlps-stage1", "mlps-stage2", "plimseg-stage1", "unisemalign")
+TITLES = {"mlps-stage1": "MLPS stage 1 (PDA classifier)", "mlps-stage2": "MLPS stage 2 (DeepLabV3+, 3 masks)",
+          "plimseg-stage1": "PLIMSeg stage 1 (label-trained matcher)", "unisemalign": "UniSemAlign (semi step)"}
+
+
+@dataclass
+class Row:
+    """One training row: its network, training items, step, parameter groups and images per item."""
+
+    model: nn.Module
+    items: Dataset
+    step: Callable
+    groups: Callable[[], list[dict]]
+    images_per_item: int = 1
+
+
+def synthetic_data(args: argparse.Namespace) -> Path:
+    """A synthetic LUAD-HistoSeg set in ``--workdir`` (written once per size and count)."""
+    from tissueseg.data.synthetic import write_synthetic_dataset
+
+    root = args.workdir / f"synthetic-{args.size}px-{args.train_items}"
+    if not (root / "README.txt").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        write_synthetic_dataset(root, n_train=args.train_items, n_val=4, n_test=4, size=args.size, seed=0,
+                                cases=max(args.train_items // 4, 4),
+                                labelled_fraction=0.25)
+    return root
+
+
+def open_run(args: argparse.Namespace, data: Path, semi: bool, out: Path):
+    from tissueseg.config import SemiConfig, WSSSConfig
+    from tissueseg.engine.run import RunContext
+
+    common = {"out_dir": str(out), "device": args.device, "amp": args.amp, "channels_last": True,
+              "data": {"path": str(data), "format": "luad-histoseg", "crop_size": args.size,
+                       "num_workers": args.workers}}
+    optim = {"batch_size": args.batch}
+    if semi:
+        config = SemiConfig.model_validate({**common, "labelled_fraction": 0.25, "text": {"encoder": "learnable"},
+                                            "backbone": {"name": args.backbone, "pretrained": False},
+                                            "train": {**optim, "decoder_channels": args.decoder_channels}})
+    else:
+        config = WSSSConfig.model_validate({
+            **common, "backbone": {"name": args.backbone, "pretrained": False},
+            "classifier": optim, "segmenter": {**optim, "decoder_channels": args.decoder_channels},
+            "plimseg": {"matcher": {"backbone": args.backbone, "text": "learnable", "pretrained": False}}})
+    return RunContext.open(config, console=Console(file=io.StringIO()))
+
+
+def build_row(name: str, args: argparse.Namespace, data: Path, out: Path) -> Row:
+    """The method's own network, items and step for ``name``, with random weights."""
+    from tissueseg.methods import mlps, plimseg, unisemalign
+    from tissueseg.models.bundle import MatcherSpec, create_model
+
+    torch.manual_seed(0)
+    run = open_run(args, data, name == "unisemalign", out)
+    cfg = run.config
+    if name == "unisemalign":
+        space = unisemalign.semi_space(run)
+        labelled, unlabelled = unisemalign.labelled_records(run)
+        items = unisemalign.SemiPairs(run.dataset, labelled, unlabelled, space, args.size)
+        model = unisemalign.build_network(cfg, space, "unisemalign", out_dir=run.out_dir)
+        return Row(model, items, unisemalign.semi_step(cfg.unisemalign, False, lambda: 0.5),
+                   lambda: unisemalign.parameter_groups(model, cfg.train.head_lr_mult), images_per_item=2)
+    if name == "mlps-stage2":
+        records = run.splits["train"]
+        for layer in range(3):  # the ground-truth masks stand in for the three pseudo-mask layers
+            folder = run.out_dir / mlps.PSEUDO_FOLDER / f"layer{layer}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for r in records:
+                shutil.copy(r.mask_path, folder / f"{Path(r.image_path).stem}.png")
+        model = mlps.build_segmenter(cfg, run.space.num_classes)
+        items = mlps.segmenter_samples(run, mlps.pseudo_mask_reader(run, mlps.PSEUDO_FOLDER, 3))
+        return Row(model, items, mlps.segmenter_step(cfg.segmenter.layer_weights),
+                   lambda: model.parameter_groups(cfg.segmenter.head_lr_mult))
+    model = mlps.build_classifier(cfg, run.space.num_classes)
+    model.gamma = 0.9  # PDA on
+    cam_losses = None
+    if name == "plimseg-stage1":
+        rows = plimseg.prompt_rows(plimseg.prompt_bank(run))
+        matcher = create_model(MatcherSpec(cfg.plimseg.matcher.backbone, rows, "learnable text embeddings"))
+        matcher = matcher.to(run.device).eval().requires_grad_(False)
+        cam_losses = plimseg.plim_cam_losses(run, matcher)
+    return Row(model, mlps.classifier_samples(run), mlps.classifier_step(cam_losses, cfg.plimseg.classification_weight
+                                                                         if cam_losses else 1.0),
+               lambda: model.parameter_groups(cfg.classifier.head_lr_mult))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_config(args: argparse.Namespace):
+    from tissueseg.engine.trainer import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=1e-3, amp=args.amp, channels_last=True,
+                       num_workers=args.workers, device=args.device, max_steps_per_epoch=args.steps)
+
+
+def engine_seconds(row: Row, args: argparse.Namespace, out: Path) -> float:
+    """``Trainer.fit`` end to end in a fresh run folder (so it does not resume)."""
+    from tissueseg.engine.trainer import Trainer
+
+    shutil.rmtree(out, ignore_errors=True)
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)  # the bar renders as on a terminal
+    trainer = Trainer(row.model, train_config(args), out, param_groups=row.groups(), name="bench", console=console)
+    sync(trainer.device)
+    start = time.perf_counter()
+    trainer.fit(row.items, row.step)
+    sync(trainer.device)
+    return time.perf_counter() - start
+
+
+def bare_seconds(row: Row, args: argparse.Namespace, device: torch.device) -> float:
+    """A plain loop: DataLoader → step → backward → SGD step, ``epochs × steps`` steps."""
+    from tissueseg.engine.trainer import to_device
+    from tissueseg.models.device import autocast
+
+    model = row.model.to(device).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(row.groups(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    loader = DataLoader(row.items, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
+                        pin_memory=device.type == "cuda")
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args.epochs):
+        for _, batch in zip(range(args.steps), loader):
+            batch = to_device(batch, device, True)
+            with autocast(device, args.amp):
+                loss = row.step(model, batch)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def measure(name: str, args: argparse.Namespace) -> dict:
+    """Alternating bare / engine blocks after one untimed pair; median images/s of each."""
+    device = torch.device(args.device)
+    work = Path(tempfile.mkdtemp(prefix=f"overhead-{name}-", dir=args.workdir))
+    row = build_row(name, args, synthetic_data(args), work / "run")
+    images = args.epochs * args.steps * args.batch * row.images_per_item
+    bare, engine = [], []
+    for r in range(args.rounds + 1):
+        b = bare_seconds(row, args, device)
+        e = engine_seconds(row, args, work / "engine")
+        if r:
+            bare.append(images / b)
+            engine.append(images / e)
+    shutil.rmtree(work, ignore_errors=True)
+    b, e = statistics.median(bare), statistics.median(engine)
+    return {"row": name, "bare": b, "engine": e, "ratio": e / b, "spread": (min(engine) / e, max(engine) / e)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--decoder-channels", type=int, default=64)
+    parser.add_argument("--size", type=int, default=64, help="patch and crop side (px)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6, help="steps per epoch")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="timed bare / engine pairs per row")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (both loops)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 on CUDA (CPU is always fp32)")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tissueseg-overhead-bench")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.train_items = max(args.steps * args.batch, 16)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.machine()}; "
+          f"{args.backbone}, {args.size}px, batch {args.batch}, {args.epochs} epochs × {args.steps} steps, "
+          f"workers {args.workers}, {'bf16' if args.amp and device.type == 'cuda' else 'fp32'} + channels_last, "
+          f"median of {args.rounds} alternating rounds")
+    print("timed: engine = Trainer.fit end to end (data loading, progress bar, log, epoch-end checkpoints; "
+          "no validation); bare = plain DataLoader → step → backward → SGD step\n")
+    print("| row | bare loop img/s | engine img/s | engine / bare | engine spread (min–max / median) |")
+    print("|---|---|---|---|---|")
+    for name in args.rows:
+        m = measure(name, args)
+        print(f"| {TITLES[name]} | {m['bare']:.1f} | {m['engine']:.1f} | {100 * m['ratio']:.0f} % | "
+              f"{m['spread'][0]:.2f}–{m['spread'][1]:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
