@@ -14,6 +14,7 @@ bare / engine ``--rounds`` times after one untimed pair; medians are reported.
 
     python benchmarks/training_overhead.py --device cpu --threads 1 --size 64 --batch 8
     python benchmarks/training_overhead.py --device cuda --size 224 --batch 20 --steps 20 --workers 8
+    torchrun --standalone --nproc-per-node 8 benchmarks/training_overhead.py --engine-only --rows mlps-stage1
 """
 
 from __future__ import annotations
@@ -52,16 +53,26 @@ class Row:
     images_per_item: int = 1
 
 
-def synthetic_data(args: argparse.Namespace) -> Path:
-    """A synthetic LUAD-HistoSeg set in ``--workdir`` (written once per size and count)."""
+def cached_synthetic_set(root: Path, n_train: int, size: int) -> Path:
+    """A synthetic LUAD-HistoSeg set at ``root`` (``n_train`` patches of ``size`` px, about four per case,
+    a quarter of the cases in ``splits/labelled.txt``), written once."""
     from tissueseg.data.synthetic import write_synthetic_dataset
 
-    root = args.workdir / f"synthetic-{args.size}px-{args.train_items}"
     if not (root / "README.txt").exists():
         shutil.rmtree(root, ignore_errors=True)
-        write_synthetic_dataset(root, n_train=args.train_items, n_val=4, n_test=4, size=args.size, seed=0,
-                                cases=max(args.train_items // 4, 4),
-                                labelled_fraction=0.25)
+        write_synthetic_dataset(root, n_train=n_train, n_val=4, n_test=4, size=size, seed=0,
+                                cases=max(n_train // 4, 4), labelled_fraction=0.25)
+    return root
+
+
+def synthetic_data(args: argparse.Namespace) -> Path:
+    """This run's synthetic set in ``--workdir`` (rank 0 writes it, the other ranks wait)."""
+    from tissueseg.engine import distributed as dist_utils
+
+    root = args.workdir / f"synthetic-{args.size}px-{args.train_items}"
+    if dist_utils.is_main_process():
+        cached_synthetic_set(root, args.train_items, args.size)
+    dist_utils.barrier()
     return root
 
 
@@ -136,22 +147,27 @@ def train_config(args: argparse.Namespace):
                        num_workers=args.workers, device=args.device, max_steps_per_epoch=args.steps)
 
 
-def engine_seconds(row: Row, args: argparse.Namespace, out: Path) -> float:
-    """``Trainer.fit`` end to end in a fresh run folder (so it does not resume)."""
+def clocks() -> tuple[float, float]:
+    """(wall, this process's CPU) seconds; CPU time is steadier on a machine shared with other jobs."""
+    return time.perf_counter(), time.process_time()
+
+
+def engine_seconds(row: Row, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``Trainer.fit`` end to end in a fresh run folder (so it does not resume)."""
     from tissueseg.engine.trainer import Trainer
 
     shutil.rmtree(out, ignore_errors=True)
     console = Console(file=io.StringIO(), force_terminal=True, width=120)  # the bar renders as on a terminal
     trainer = Trainer(row.model, train_config(args), out, param_groups=row.groups(), name="bench", console=console)
     sync(trainer.device)
-    start = time.perf_counter()
+    start = clocks()
     trainer.fit(row.items, row.step)
     sync(trainer.device)
-    return time.perf_counter() - start
+    return tuple(b - a for a, b in zip(start, clocks()))
 
 
-def bare_seconds(row: Row, args: argparse.Namespace, device: torch.device) -> float:
-    """A plain loop: DataLoader → step → backward → SGD step, ``epochs × steps`` steps."""
+def bare_seconds(row: Row, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
+    """(wall, CPU) seconds of a plain loop: DataLoader → step → backward → SGD step, ``epochs × steps`` steps."""
     from tissueseg.engine.trainer import to_device
     from tissueseg.models.device import autocast
 
@@ -160,7 +176,7 @@ def bare_seconds(row: Row, args: argparse.Namespace, device: torch.device) -> fl
     loader = DataLoader(row.items, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda")
     sync(device)
-    start = time.perf_counter()
+    start = clocks()
     for _ in range(args.epochs):
         for _, batch in zip(range(args.steps), loader):
             batch = to_device(batch, device, True)
@@ -170,61 +186,84 @@ def bare_seconds(row: Row, args: argparse.Namespace, device: torch.device) -> fl
             loss.backward()
             optimizer.step()
     sync(device)
-    return time.perf_counter() - start
+    return tuple(b - a for a, b in zip(start, clocks()))
 
 
 def measure(name: str, args: argparse.Namespace) -> dict:
-    """Alternating bare / engine blocks after one untimed pair; median images/s of each."""
-    device = torch.device(args.device)
-    work = Path(tempfile.mkdtemp(prefix=f"overhead-{name}-", dir=args.workdir))
-    row = build_row(name, args, synthetic_data(args), work / "run")
-    images = args.epochs * args.steps * args.batch * row.images_per_item
-    bare, engine = [], []
-    for r in range(args.rounds + 1):
-        b = bare_seconds(row, args, device)
-        e = engine_seconds(row, args, work / "engine")
-        if r:
-            bare.append(images / b)
-            engine.append(images / e)
+    """Alternating bare / engine blocks after one untimed pair: median images/s (wall) of each, and the
+    median engine / bare ratio of wall and of CPU time over the pairs. ``--engine-only``: the engine's
+    images/s over every rank (under torchrun: DDP), no bare loop."""
+    from tissueseg.engine import distributed as dist_utils
+    from tissueseg.models.device import resolve_device
+
+    device = resolve_device(args.device)
+    work = args.workdir / f"overhead-{name}-rank{dist_utils.rank()}"
     shutil.rmtree(work, ignore_errors=True)
-    b, e = statistics.median(bare), statistics.median(engine)
-    return {"row": name, "bare": b, "engine": e, "ratio": e / b, "spread": (min(engine) / e, max(engine) / e)}
+    row = build_row(name, args, synthetic_data(args), work / "run")
+    images = args.epochs * args.steps * args.batch * row.images_per_item * dist_utils.world_size()
+    pairs = [(None if args.engine_only else bare_seconds(row, args, device),
+              engine_seconds(row, args, work / "engine")) for _ in range(args.rounds + 1)][1:]
+    shutil.rmtree(work, ignore_errors=True)
+    engine = statistics.median(images / e[0] for _, e in pairs)
+    if args.engine_only:
+        return {"engine": engine}
+    return {"bare": statistics.median(images / b[0] for b, _ in pairs), "engine": engine,
+            "wall": statistics.median(b[0] / e[0] for b, e in pairs),
+            "cpu": statistics.median(b[1] / e[1] for b, e in pairs)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto: this rank's GPU when there is one, else CPU")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--decoder-channels", type=int, default=64)
     parser.add_argument("--size", type=int, default=64, help="patch and crop side (px)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=6, help="steps per epoch")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="timed bare / engine pairs per row")
+    parser.add_argument("--steps", type=int, default=12, help="steps per epoch")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5, help="timed bare / engine pairs per row")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (both loops)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 on CUDA (CPU is always fp32)")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="time the engine alone, over every rank (run under torchrun for DDP)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tissueseg-overhead-bench")
     args = parser.parse_args(argv)
+    from tissueseg.engine import distributed as dist_utils
+    from tissueseg.models.device import resolve_device
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.train_items = max(args.steps * args.batch, 16)
+    dist_utils.init_distributed()
+    world = dist_utils.world_size()
+    args.train_items = max(args.steps * args.batch * world, 16)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
+    main_rank = dist_utils.is_main_process()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.machine()}; "
-          f"{args.backbone}, {args.size}px, batch {args.batch}, {args.epochs} epochs × {args.steps} steps, "
-          f"workers {args.workers}, {'bf16' if args.amp and device.type == 'cuda' else 'fp32'} + channels_last, "
-          f"median of {args.rounds} alternating rounds")
-    print("timed: engine = Trainer.fit end to end (data loading, progress bar, log, epoch-end checkpoints; "
-          "no validation); bare = plain DataLoader → step → backward → SGD step\n")
-    print("| row | bare loop img/s | engine img/s | engine / bare | engine spread (min–max / median) |")
-    print("|---|---|---|---|---|")
-    for name in args.rows:
-        m = measure(name, args)
-        print(f"| {TITLES[name]} | {m['bare']:.1f} | {m['engine']:.1f} | {100 * m['ratio']:.0f} % | "
-              f"{m['spread'][0]:.2f}–{m['spread'][1]:.2f} |", flush=True)
+    if main_rank:
+        print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.machine()}; "
+              f"{args.backbone}, {args.size}px, batch {args.batch} per rank × {world} rank(s), {args.epochs} "
+              f"epoch(s) × {args.steps} steps, workers {args.workers}, "
+              f"{'bf16' if args.amp and device.type == 'cuda' else 'fp32'} + channels_last, median of {args.rounds} "
+              + ("rounds" if args.engine_only else "alternating rounds (CPU time: this process; without workers)"))
+        print("timed: engine = Trainer.fit end to end (data loading, progress bar, log, epoch-end checkpoints; "
+              "no validation)" + ("" if args.engine_only else
+                                  "; bare = plain DataLoader → step → backward → SGD step") + "\n")
+        print("| row | ranks | bare loop img/s | engine img/s | engine / bare (wall) | engine / bare (CPU time) |")
+        print("|---|---|---|---|---|---|")
+    for row in args.rows:
+        m = measure(row, args)
+        if not main_rank:
+            continue
+        if args.engine_only:
+            print(f"| {TITLES[row]} | {world} | - | {m['engine']:.1f} | - | - |", flush=True)
+            continue
+        cpu = f"{100 * m['cpu']:.0f} %" if device.type == "cpu" and not args.workers else "-"
+        print(f"| {TITLES[row]} | {world} | {m['bare']:.1f} | {m['engine']:.1f} | {100 * m['wall']:.0f} % | "
+              f"{cpu} |", flush=True)
+    dist_utils.shutdown_distributed()
     return 0
 
 
