@@ -42,9 +42,9 @@ else
     MLPS="--size 224 --batch 20 --steps 30 --warmup 5 --compile"
     PLIM="--size 224 --batch 20 --steps 15 --warmup 3 --clip"
     SEMI="--image-size 224 --batch-size 8 --speed-steps 20 --decoder-channels 256"
-    OVER="--size 224 --batch 20 --steps 25 --epochs 2 --rounds 3 --workers $WORKERS --decoder-channels 256"
+    OVER="--size 224 --batch 20 --steps 20 --epochs 2 --rounds 2 --workers $WORKERS --decoder-channels 256"
     SLIDE="--size 8192 --tile 512 --batch-size 32 --workers $WORKERS --decoder-channels 256"
-    DDP="--size 224 --batch 20 --steps 25 --epochs 2 --rounds 2 --workers $WORKERS"
+    DDP="--size 224 --batch 20 --steps 20 --epochs 2 --rounds 2 --workers $WORKERS"
     declare -A BUDGET=([mlps]=150 [plimseg]=45 [semi]=45 [overhead]=120 [slide]=60 [ddp]=45)
 fi
 ROWS=(mlps plimseg semi overhead slide ddp)

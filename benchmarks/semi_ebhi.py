@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import resource
 import sys
@@ -147,7 +146,8 @@ def speed(args: argparse.Namespace, run) -> list[dict]:
 
     space = semi_space(run)
     labelled, unlabelled = labelled_records(run)
-    pairs = SemiPairs(run.dataset, labelled, unlabelled, space, args.image_size)
+    length = max(len(labelled), len(unlabelled), args.batch_size * (args.speed_steps + 2))  # images repeat if few
+    pairs = SemiPairs(run.dataset, labelled, unlabelled, space, args.image_size, length)
     loader = torch.utils.data.DataLoader(pairs, batch_size=args.batch_size, shuffle=True, drop_last=True)
     batches = [to_device(b, run.device, True) for _, b in zip(range(args.speed_steps + 2), loader)]
     rows = []
@@ -197,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "synthetic":
         from training_overhead import cached_synthetic_set
 
-        n_train = max(32, math.ceil(args.batch_size * (args.speed_steps + 2) / 0.7))  # ≥ speed_steps + 2 batches
-        args.data = cached_synthetic_set(args.out / "synthetic", n_train, args.image_size)
+        args.data = cached_synthetic_set(args.out / "synthetic", 32, args.image_size)
         args.format = "luad-histoseg"
     if not args.data.exists():
         print(f"error: {args.data}: {args.format} data not found (fix: pass --data)", file=sys.stderr)

@@ -42,6 +42,9 @@ TITLES = {"mlps-stage1": "MLPS stage 1 (PDA classifier)", "mlps-stage2": "MLPS s
           "plimseg-stage1": "PLIMSeg stage 1 (label-trained matcher)", "unisemalign": "UniSemAlign (semi step)"}
 
 
+UNIQUE_PATCHES = 48
+
+
 @dataclass
 class Row:
     """One training row: its network, training items, step, parameter groups and images per item."""
@@ -66,12 +69,16 @@ def cached_synthetic_set(root: Path, n_train: int, size: int) -> Path:
 
 
 def synthetic_data(args: argparse.Namespace) -> Path:
-    """This run's synthetic set in ``--workdir`` (rank 0 writes it, the other ranks wait)."""
+    """This run's synthetic set in ``--workdir`` (rank 0 writes it, the other ranks wait).
+
+    :data:`UNIQUE_PATCHES` patches, repeated by :func:`build_row` to fill the epochs: rendering a patch
+    takes longer than training on it, and the dataset's decode cache holds them all either way.
+    """
     from tissueseg.engine import distributed as dist_utils
 
-    root = args.workdir / f"synthetic-{args.size}px-{args.train_items}"
+    root = args.workdir / f"synthetic-{args.size}px"
     if dist_utils.is_main_process():
-        cached_synthetic_set(root, args.train_items, args.size)
+        cached_synthetic_set(root, UNIQUE_PATCHES, args.size)
     dist_utils.barrier()
     return root
 
@@ -104,6 +111,8 @@ def build_row(name: str, args: argparse.Namespace, data: Path, out: Path) -> Row
     torch.manual_seed(0)
     run = open_run(args, data, name == "unisemalign", out)
     cfg = run.config
+    records = run.splits["train"]
+    run.splits["train"] = [records[i % len(records)] for i in range(max(args.train_items, len(records)))]
     if name == "unisemalign":
         space = unisemalign.semi_space(run)
         labelled, unlabelled = unisemalign.labelled_records(run)
@@ -112,7 +121,6 @@ def build_row(name: str, args: argparse.Namespace, data: Path, out: Path) -> Row
         return Row(model, items, unisemalign.semi_step(cfg.unisemalign, False, lambda: 0.5),
                    lambda: unisemalign.parameter_groups(model, cfg.train.head_lr_mult), images_per_item=2)
     if name == "mlps-stage2":
-        records = run.splits["train"]
         for layer in range(3):  # the ground-truth masks stand in for the three pseudo-mask layers
             folder = run.out_dir / mlps.PSEUDO_FOLDER / f"layer{layer}"
             folder.mkdir(parents=True, exist_ok=True)
