@@ -3,9 +3,10 @@
 Each stage is timed twice in the same run on the same synthetic batches: fp32 eager (contiguous
 tensors) as the baseline, then the engine's fast path (bf16 autocast on CUDA + channels_last).
 Prints a markdown table with the ratio. On CPU, autocast is off (bf16 is slower there), so the fast
-path differs only by channels_last; CPU numbers are for the demo-size model.
+path differs only by channels_last; CPU numbers are for the demo-size model. ``--compile`` adds the
+fast path under ``torch.compile`` (compilation happens in the untimed warm-up steps).
 
-    python benchmarks/mlps_speed.py --device cuda --size 224 --batch 32
+    python benchmarks/mlps_speed.py --device cuda --size 224 --batch 20 --compile
     python benchmarks/mlps_speed.py --device cpu --size 96 --batch 16 --decoder-channels 64
 """
 
@@ -28,7 +29,8 @@ def make_model(stage: str, args: argparse.Namespace) -> torch.nn.Module:
     return create_model(SegmenterSpec(args.backbone, 4, args.output_stride, args.decoder_channels))
 
 
-def images_per_second(stage: str, args: argparse.Namespace, fast: bool, device: torch.device) -> tuple[float, float]:
+def images_per_second(stage: str, args: argparse.Namespace, fast: bool, device: torch.device,
+                      compiled: bool = False) -> tuple[float, float]:
     torch.manual_seed(0)
     model = make_model(stage, args).to(device).train()
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
@@ -38,9 +40,10 @@ def images_per_second(stage: str, args: argparse.Namespace, fast: bool, device: 
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    forward = torch.compile(model) if compiled else model
 
     def loss_fn() -> torch.Tensor:
-        out = model(x)
+        out = forward(x)
         return (classification_loss(out, labels) if out.ndim == 2
                 else multi_layer_pseudo_supervision_loss(out, [masks] * 3))
 
@@ -57,18 +60,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     memory = "peak GPU memory (GiB)" if device.type == "cuda" else "peak RSS so far (GiB)"
     print(f"device: {name}, threads: {torch.get_num_threads()}, {args.backbone} OS{args.output_stride}, "
           f"{args.size}px, batch {args.batch}, decoder {args.decoder_channels}")
-    print(f"| stage | fp32 eager img/s | bf16+channels_last img/s | speed-up | {memory} fp32 / fast |")
-    print("|---|---|---|---|---|")
+    compiled = " | bf16+channels_last+compile img/s | compile speed-up" if args.compile else ""
+    print(f"| stage | fp32 eager img/s | bf16+channels_last img/s | speed-up{compiled} | {memory} fp32 / fast |")
+    print("|---|---|---|---|" + "---|---|" * args.compile + "---|")
     for stage in ("stage 1 (PDA classifier)", "stage 2 (DeepLabV3+)"):
         base, base_mem = images_per_second(stage, args, fast=False, device=device)
         fast, fast_mem = images_per_second(stage, args, fast=True, device=device)
-        print(f"| {stage} | {base:.1f} | {fast:.1f} | {fast / base:.2f}× | {base_mem:.2f} / {fast_mem:.2f} |")
+        extra = ""
+        if args.compile:
+            comp, _ = images_per_second(stage, args, fast=True, device=device, compiled=True)
+            extra = f" | {comp:.1f} | {comp / base:.2f}×"
+        print(f"| {stage} | {base:.1f} | {fast:.1f} | {fast / base:.2f}×{extra} | {base_mem:.2f} / {fast_mem:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ebhi-seg",
                    help="EBHI-Seg root (default: ../shared/data/ebhi-seg from the repository root)")
-    p.add_argument("--format", default="ebhi-seg", choices=["ebhi-seg", "glas"],
+    p.add_argument("--format", default="ebhi-seg", choices=["ebhi-seg", "glas", "synthetic"],
                    help="glas: ../shared/data/glas, trained on train (validation cases carved out by patient), "
-                        "scored on testA")
+                        "scored on testA; synthetic: a built-in synthetic set written to <out>/synthetic "
+                        "(e.g. for --speed alone; --data is not used)")
     p.add_argument("--labelled", nargs="+", default=["8", "32", "10%", "20%"],
                    help="labelled budgets: image counts (8) or fractions of the training images (10%%)")
     p.add_argument("--epochs", type=int, default=20)
@@ -145,7 +146,8 @@ def speed(args: argparse.Namespace, run) -> list[dict]:
 
     space = semi_space(run)
     labelled, unlabelled = labelled_records(run)
-    pairs = SemiPairs(run.dataset, labelled, unlabelled, space, args.image_size)
+    length = max(len(labelled), len(unlabelled), args.batch_size * (args.speed_steps + 2))  # images repeat if few
+    pairs = SemiPairs(run.dataset, labelled, unlabelled, space, args.image_size, length)
     loader = torch.utils.data.DataLoader(pairs, batch_size=args.batch_size, shuffle=True, drop_last=True)
     batches = [to_device(b, run.device, True) for _, b in zip(range(args.speed_steps + 2), loader)]
     rows = []
@@ -192,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.format == "glas" and args.data == REPO.parent / "shared" / "data" / "ebhi-seg":
         args.data = REPO.parent / "shared" / "data" / "glas"
+    if args.format == "synthetic":
+        from training_overhead import cached_synthetic_set
+
+        args.data = cached_synthetic_set(args.out / "synthetic", 32, args.image_size)
+        args.format = "luad-histoseg"
     if not args.data.exists():
         print(f"error: {args.data}: {args.format} data not found (fix: pass --data)", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tissueseg.engine.trainer import NonFiniteLossError, TrainConfig, Trainer, poly_lr
+from tissueseg.engine.trainer import CheckpointWriter, NonFiniteLossError, TrainConfig, Trainer, poly_lr
 
 
 def make_data(n=32):
@@ -24,10 +24,10 @@ def regression_step(model, batch):
     return {"loss": ((pred - batch["y"]) ** 2).mean()}
 
 
-def make_trainer(tmp_path, epochs, **kw):
+def make_trainer(tmp_path, epochs, log_every=1, **kw):
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=epochs, batch_size=8, lr=0.05, optimizer="sgd", weight_decay=0.0,
-                      channels_last=False, seed=0, log_every=1, **kw)
+                      channels_last=False, seed=0, log_every=log_every, **kw)
     return Trainer(nn.Linear(4, 1), cfg, tmp_path, name="toy")
 
 
@@ -70,7 +70,8 @@ def test_resume_after_epoch_and_mid_epoch_interrupt_matches_uninterrupted(tmp_pa
     assert torch.allclose(weights(straight), weights(second), atol=1e-6)
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("log_every", [1, 3])  # 3: the NaN step is read two steps late, still before a checkpoint
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, log_every):
     calls = {"n": 0}
 
     def exploding_step(model, batch):
@@ -80,12 +81,21 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
             losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    trainer = make_trainer(tmp_path, epochs=3)
-    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+    trainer = make_trainer(tmp_path, epochs=3, log_every=log_every)
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 0; the last good checkpoint"):
         trainer.fit(make_data(), exploding_step, collate_fn=collate)
     state = torch.load(tmp_path / "checkpoints" / "toy_last.pt", weights_only=False)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_checkpoint_writer_raises_a_failed_background_write(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    writer = CheckpointWriter()
+    writer.write([({"x": torch.zeros(1)}, tmp_path / "file" / "ckpt.pt")])
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.wait()  # the error is raised once
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path):

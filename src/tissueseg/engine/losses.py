@@ -19,4 +19,9 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, keep: torch
         keep = target != ignore_index
     if n_valid is None:
         n_valid = keep.sum()
-    return (ce * keep).sum() / max(float(n_valid), 1.0)
+    return (ce * keep).sum() / clamped_count(n_valid)
+
+
+def clamped_count(n: torch.Tensor | int) -> torch.Tensor | float:
+    """max(n, 1) as a divisor; a tensor stays on its device (no host sync)."""
+    return n.clamp_min(1) if isinstance(n, torch.Tensor) else max(float(n), 1.0)

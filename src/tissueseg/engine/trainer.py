@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -133,6 +134,50 @@ class JsonLog:
             f.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
 
 
+def host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor copied to host memory: a snapshot later in-place updates cannot change."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, Mapping):
+        return type(obj)((k, host_copy(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so training goes on while they are pickled and written.
+
+    :meth:`write` takes payloads already in host memory (:func:`host_copy`) and returns; one write is
+    in flight at a time. :meth:`wait` joins it and re-raises its error; the Trainer waits before the next write
+    and whenever ``fit`` returns or raises, so a finished (or stopped) ``fit`` leaves its files complete.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, payloads: list[tuple[Any, Path]]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(payloads,), name="checkpoint-writer")
+        self._thread.start()
+
+    def _run(self, payloads: list[tuple[Any, Path]]) -> None:
+        try:
+            for obj, path in payloads:
+                save_atomic(obj, path)
+        except BaseException as e:  # re-raised in the training thread by wait()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 class Trainer:
     """Train ``model`` with a method's ``step`` function; see the module docstring.
 
@@ -155,6 +200,7 @@ class Trainer:
         self.log = JsonLog(self.out_dir / "log.jsonl")
         self.console = console or Console()
         self.progress = 0.0  # fraction of the training iterations done, for schedules inside a step
+        self.writer = CheckpointWriter()
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
         model = model.to(self.device)
@@ -185,13 +231,22 @@ class Trainer:
         return self.ckpt_dir / f"{self.name}_best.pt"
 
     def _save(self, epoch: int, step_in_epoch: int, global_step: int, best: float | None,
-              best_metrics: Mapping[str, float] | None) -> None:
+              best_metrics: Mapping[str, float] | None, new_best: bool = False, wait: bool = False) -> None:
+        """Write ``<name>_last.pt`` (and, with ``new_best``, ``<name>_best.pt``) in the background;
+        ``wait``: finish before returning."""
         if not dist_utils.is_main_process():
             return
-        save_atomic({"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                     "best": best, "best_metrics": dict(best_metrics or {}), "config": asdict(self.config),
-                     "torch_rng": torch.get_rng_state()}, self.last_path)
+        model = host_copy(unwrap(self.model).state_dict())  # one snapshot for both files
+        payloads = [({"model": model, "optimizer": host_copy(self.optimizer.state_dict()), "epoch": epoch,
+                      "step_in_epoch": step_in_epoch, "global_step": global_step, "best": best,
+                      "best_metrics": dict(best_metrics or {}), "config": asdict(self.config),
+                      "torch_rng": torch.get_rng_state()}, self.last_path)]
+        if new_best:
+            payloads.insert(0, ({"model": model, "metrics": dict(best_metrics or {}), "config": asdict(self.config)},
+                                self.best_path))
+        self.writer.write(payloads)
+        if wait:
+            self.writer.wait()
 
     def _resume(self) -> tuple[int, int, int, float | None, dict]:
         if not self.last_path.exists():
@@ -243,90 +298,126 @@ class Trainer:
         if epoch >= cfg.epochs:
             return best_metrics
         main = dist_utils.is_main_process()
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
-                      disable=not main) as bar:
-            task = bar.add_task(self.name, total=max_iterations, completed=global_step, info="")
-            while epoch < cfg.epochs:
-                if on_epoch_start is not None:
-                    on_epoch_start(unwrap(self.model), epoch)
-                self.model.train()
-                running: dict[str, float] = {}
-                done = skip
-                try:
-                    for batch in self._loader(train_set, epoch, skip, collate_fn):
-                        if done >= steps:
-                            break
-                        losses = self._train_step(batch, global_step, max_iterations, epoch, done)
-                        global_step += 1
-                        done += 1
-                        for k, v in losses.items():
-                            running[k] = running.get(k, 0.0) + v
-                        bar.update(task, completed=global_step,
-                                   info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses['loss']:.4f}")
-                        if global_step % cfg.log_every == 0:
-                            self.log.write("step", stage=self.name, epoch=epoch, step=global_step,
-                                           lr=self.optimizer.param_groups[0]["lr"], **losses)
-                        if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and done < steps:
-                            self._save(epoch, done, global_step, best, best_metrics)
-                except KeyboardInterrupt:
-                    self._save(epoch, done, global_step, best, best_metrics)
-                    self.log.write("interrupted", stage=self.name, epoch=epoch, step_in_epoch=done)
-                    raise
-                n_steps = done - skip
-                skip = 0
-                epoch_losses = {k: v / max(n_steps, 1) for k, v in running.items()}
-                metrics = dict(evaluate(unwrap(self.model))) if evaluate is not None else {}
-                improved = evaluate is None or best is None or metrics.get(select, -math.inf) > best
-                if improved:
-                    best = metrics.get(select) if evaluate is not None else None
-                    best_metrics = {"epoch": epoch + 1, **metrics,
-                                    **{f"train_{k}": v for k, v in epoch_losses.items()}}
-                    if main:
-                        save_atomic({"model": unwrap(self.model).state_dict(), "metrics": best_metrics,
-                                     "config": asdict(cfg)}, self.best_path)
-                self.log.write("epoch", stage=self.name, epoch=epoch + 1, improved=improved,
-                               **{f"train_{k}": v for k, v in epoch_losses.items()}, **metrics)
-                if main and metrics:
-                    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-                    bar.console.print(f"{self.name} epoch {epoch + 1}: {shown}", markup=False)
-                epoch += 1
-                self._save(epoch, 0, global_step, best, best_metrics)
+        try:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
+                          disable=not main) as bar:
+                task = bar.add_task(self.name, total=max_iterations, completed=global_step, info="")
+                while epoch < cfg.epochs:
+                    if on_epoch_start is not None:
+                        on_epoch_start(unwrap(self.model), epoch)
+                    self.model.train()
+                    running: dict[str, float] = {}
+                    window = LossWindow()
+                    done = skip
+                    try:
+                        for batch in self._loader(train_set, epoch, skip, collate_fn):
+                            if done >= steps:
+                                break
+                            window.add(done, self._train_step(batch, global_step, max_iterations))
+                            global_step += 1
+                            done += 1
+                            bar.update(task, completed=global_step)
+                            if global_step % cfg.log_every == 0:
+                                losses = self._read(window, running, epoch)
+                                bar.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses['loss']:.4f}")
+                                self.log.write("step", stage=self.name, epoch=epoch, step=global_step,
+                                               lr=self.optimizer.param_groups[0]["lr"], **losses)
+                            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and done < steps:
+                                self._read(window, running, epoch)
+                                self._save(epoch, done, global_step, best, best_metrics)
+                    except KeyboardInterrupt:
+                        self._read(window, running, epoch, across_ranks=False)
+                        self._save(epoch, done, global_step, best, best_metrics, wait=True)
+                        self.log.write("interrupted", stage=self.name, epoch=epoch, step_in_epoch=done)
+                        raise
+                    self._read(window, running, epoch)
+                    n_steps = done - skip
+                    skip = 0
+                    epoch_losses = {k: v / max(n_steps, 1) for k, v in running.items()}
+                    metrics = dict(evaluate(unwrap(self.model))) if evaluate is not None else {}
+                    improved = evaluate is None or best is None or metrics.get(select, -math.inf) > best
+                    if improved:
+                        best = metrics.get(select) if evaluate is not None else None
+                        best_metrics = {"epoch": epoch + 1, **metrics,
+                                        **{f"train_{k}": v for k, v in epoch_losses.items()}}
+                    self.log.write("epoch", stage=self.name, epoch=epoch + 1, improved=improved,
+                                   **{f"train_{k}": v for k, v in epoch_losses.items()}, **metrics)
+                    if main and metrics:
+                        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                        bar.console.print(f"{self.name} epoch {epoch + 1}: {shown}", markup=False)
+                    epoch += 1
+                    self._save(epoch, 0, global_step, best, best_metrics, new_best=improved)
+        finally:
+            self.writer.wait()  # the files are complete once fit returns or raises
         return best_metrics
 
-    def _train_step(self, batch: Any, global_step: int, max_iterations: int, epoch: int,
-                    step_in_epoch: int) -> dict[str, float]:
+    def _read(self, window: LossWindow, running: dict[str, float], epoch: int,
+              across_ranks: bool = True) -> dict[str, float]:
+        """Read the window's losses (the host sync), stop on a non-finite loss, add them to ``running``.
+
+        Returns the last step's losses (empty when the window was empty).
+        """
+        rows = window.read(across_ranks)
+        for step_in_epoch, losses in rows:
+            if not math.isfinite(losses["loss"]):
+                self.log.write("nonfinite_loss", stage=self.name, epoch=epoch, step=step_in_epoch, **losses)
+                raise NonFiniteLossError(
+                    f"[{self.name}] loss became {losses['loss']} at epoch {epoch + 1}, step {step_in_epoch}; "
+                    f"the last good checkpoint is kept at {self.last_path} (fix: lower the learning rate, "
+                    f"check the inputs for NaN/empty masks, or disable AMP)")
+            for k, v in losses.items():
+                running[k] = running.get(k, 0.0) + v
+        return rows[-1][1] if rows else {}
+
+    def _train_step(self, batch: Any, global_step: int, max_iterations: int) -> dict[str, torch.Tensor]:
+        """One optimiser step; returns its detached losses on the device (no host sync)."""
         cfg = self.config
         self.progress = global_step / max(max_iterations, 1)
         for g in self.optimizer.param_groups:
             g["lr"] = poly_lr(cfg.lr * g["lr_mult"], global_step, max_iterations, cfg.poly_power)
         batch = to_device(batch, self.device, cfg.channels_last)
         chunks = _split_batch(batch, cfg.grad_accum)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         self.optimizer.zero_grad(set_to_none=True)
         for chunk in chunks:
             with autocast(self.device, cfg.amp):
                 losses = self._step_fn(self.wrapped, chunk)
-            loss = losses["loss"]
-            if not torch.isfinite(loss.detach()).item():
-                self.log.write("nonfinite_loss", stage=self.name, epoch=epoch, step=step_in_epoch,
-                               **{k: float(v.detach()) for k, v in losses.items()})
-                raise NonFiniteLossError(
-                    f"[{self.name}] loss became {float(loss.detach())} at epoch {epoch + 1}, step {step_in_epoch}; "
-                    f"the last good checkpoint is kept at {self.last_path} (fix: lower the learning rate, "
-                    f"check the inputs for NaN/empty masks, or disable AMP)")
-            (loss / len(chunks)).backward()
+            (losses["loss"] / len(chunks)).backward()
             for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) / len(chunks)
+                totals[k] = totals.get(k, 0.0) + v.detach().float() / len(chunks)
         if cfg.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
         self.optimizer.step()
-        if dist_utils.is_distributed():  # synced metrics: log the mean over ranks, not rank 0's share
-            keys = sorted(totals)
-            synced = dist_utils.all_reduce_sum(torch.tensor([totals[k] for k in keys], dtype=torch.float64,
-                                                            device=self.device)) / dist_utils.world_size()
-            totals = dict(zip(keys, synced.tolist()))
         return totals
+
+
+class LossWindow:
+    """The losses of the steps since they were last read, kept on the device.
+
+    Reading them is the loop's only host sync per step window: every ``log_every`` steps, before a
+    checkpoint and at the end of an epoch, so the host queues steps ahead of the GPU in between. A
+    non-finite loss is therefore found up to ``log_every`` steps late, but always before a checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def add(self, step_in_epoch: int, losses: dict[str, torch.Tensor]) -> None:
+        self.steps.append((step_in_epoch, losses))
+
+    def read(self, across_ranks: bool = True) -> list[tuple[int, dict[str, float]]]:
+        """(step in epoch, losses) of each step, emptying the window; under DDP (``across_ranks``) the
+        mean over ranks, so every rank logs and stops alike."""
+        if not self.steps:
+            return []
+        flat = torch.stack([v.reshape(()) for _, losses in self.steps for v in losses.values()])
+        if across_ranks and dist_utils.is_distributed():
+            flat = dist_utils.all_reduce_sum(flat) / dist_utils.world_size()
+        values = iter(flat.tolist())
+        rows = [(i, {k: next(values) for k in losses}) for i, losses in self.steps]
+        self.steps = []
+        return rows
 
 
 def _split_batch(batch: Any, parts: int) -> list[Any]:

@@ -25,7 +25,7 @@ from tissueseg.engine.data import IGNORE, SegmentationSamples, batches_by_size, 
 from tissueseg.engine.evaluate import PredictFn, evaluate_split, meter_for, summarize_scores
 from tissueseg.engine.losses import masked_cross_entropy
 from tissueseg.engine.run import RunContext
-from tissueseg.engine.trainer import TrainConfig, Trainer, load_best
+from tissueseg.engine.trainer import StepFn, TrainConfig, Trainer, load_best
 from tissueseg.methods.base import Method, ResultRow, wsss_stages
 from tissueseg.models.bundle import ClassifierSpec, ModelMeta, SegmenterSpec, create_model, save_bundle
 from tissueseg.models.classifier import PDAClassifier
@@ -163,6 +163,35 @@ def build_segmenter(cfg: WSSSConfig, num_classes: int) -> DeepLabV3Plus:
 CamLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
+def classifier_samples(run: RunContext) -> SegmentationSamples:
+    """Stage-1 training items: augmented crops of the training split with their image labels."""
+    cfg = run.config
+    return SegmentationSamples(run.dataset, run.splits["train"],
+                               build_train_transforms(cfg.data.crop_size, scale=tuple(cfg.classifier.crop_scale)),
+                               run.space)
+
+
+def segmenter_samples(run: RunContext, masks: Callable[[int], list[np.ndarray]] | None) -> SegmentationSamples:
+    """Stage-2 training items: augmented crops with ``masks(index)`` (pseudo masks), or the ground truth when None."""
+    return SegmentationSamples(run.dataset, run.splits["train"], build_train_transforms(run.config.data.crop_size),
+                               run.space, use_mask=masks is None, extra_masks=masks)
+
+
+def classifier_step(cam_losses: CamLossFn | None = None, classification_weight: float = 1.0) -> StepFn:
+    """Stage-1 step: L_cls on the image labels, plus ``cam_losses`` on the CAM head's output when given.
+
+    The total is ``classification_weight``·L_cls + Σ terms (PLIMSeg's language–image matching).
+    """
+    def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        if cam_losses is None:
+            return {"loss": classification_loss(net(batch["image"]), batch["labels"])}
+        logits, cams = net(batch["image"], with_cams=True)
+        terms = cam_losses(batch["image"], cams, batch["labels"])
+        cls = classification_loss(logits, batch["labels"])
+        return {"loss": classification_weight * cls + sum(terms.values()), "cls": cls, **terms}
+    return step
+
+
 def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier",
                      cam_losses: CamLossFn | None = None, classification_weight: float = 1.0) -> PDAClassifier:
     """Stage 1: multi-label classification, with PDA from epoch E0 (``pda=False``: plain CAM baseline).
@@ -175,8 +204,7 @@ def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier"
     model = build_classifier(cfg, run.space.num_classes)
     trainer = Trainer(model, TrainConfig.of(cfg, c), run.out_dir, name=name, console=run.console,
                       param_groups=model.parameter_groups(c.head_lr_mult))
-    train_set = SegmentationSamples(run.dataset, run.splits["train"],
-                                    build_train_transforms(cfg.data.crop_size, scale=tuple(c.crop_scale)), run.space)
+    train_set = classifier_samples(run)
     epoch_now = {"epoch": 0}
 
     def set_gamma(net: nn.Module, epoch: int) -> None:
@@ -184,21 +212,14 @@ def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier"
                               None if c.pda_decay_origin == "start" else 0) if pda else None
         epoch_now["epoch"] = epoch
 
-    def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        if cam_losses is None:
-            return {"loss": classification_loss(net(batch["image"]), batch["labels"])}
-        logits, cams = net(batch["image"], with_cams=True)
-        terms = cam_losses(batch["image"], cams, batch["labels"])
-        cls = classification_loss(logits, batch["labels"])
-        return {"loss": classification_weight * cls + sum(terms.values()), "cls": cls, **terms}
-
     def evaluate(net: nn.Module) -> dict[str, float]:
         # "epochs_trained" grows every epoch, so selecting on it keeps the last epoch (official code)
         return {"val_f1": classification_f1(net, run, run.splits["val"]),
                 "epochs_trained": float(epoch_now["epoch"] + 1)}
 
     select = "val_f1" if c.select == "val_f1" else "epochs_trained"
-    trainer.fit(train_set, step, evaluate=evaluate, select=select, on_epoch_start=set_gamma)
+    trainer.fit(train_set, classifier_step(cam_losses, classification_weight), evaluate=evaluate, select=select,
+                on_epoch_start=set_gamma)
     return load_best(model, trainer.best_path, trainer.device)
 
 
@@ -299,6 +320,15 @@ def pseudo_mask_reader(run: RunContext, folder: str, n_layers: int) -> Callable[
     return read
 
 
+def segmenter_step(weights: Sequence[float]) -> StepFn:
+    """Stage-2 step: Σ λ_l CE against the masks of ``batch["masks"]`` (one per weight)."""
+    def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        logits = net(batch["image"])
+        return {"loss": multi_layer_pseudo_supervision_loss(logits, list(batch["masks"].unbind(1)), weights,
+                                                            ignore_index=IGNORE)}
+    return step
+
+
 def train_segmenter(run: RunContext, masks: Callable[[int], list[np.ndarray]] | None, weights: Sequence[float],
                     name: str, classifier: PDAClassifier | None) -> DeepLabV3Plus:
     """Stage 2: DeepLabV3+ on the pseudo masks (Σ λ_l CE), or on ground truth when ``masks`` is None."""
@@ -307,20 +337,14 @@ def train_segmenter(run: RunContext, masks: Callable[[int], list[np.ndarray]] | 
     model = build_segmenter(cfg, run.space.num_classes)
     trainer = Trainer(model, TrainConfig.of(cfg, s), run.out_dir, name=name, console=run.console,
                       param_groups=model.parameter_groups(s.head_lr_mult))
-    train_set = SegmentationSamples(run.dataset, run.splits["train"], build_train_transforms(cfg.data.crop_size),
-                                    run.space, use_mask=masks is None, extra_masks=masks)
-
-    def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        logits = net(batch["image"])
-        return {"loss": multi_layer_pseudo_supervision_loss(logits, list(batch["masks"].unbind(1)), weights,
-                                                            ignore_index=IGNORE)}
+    train_set = segmenter_samples(run, masks)
 
     def evaluate(net: nn.Module) -> dict[str, float]:
         scores = evaluate_split(segmenter_predictor(run, net, classifier), run.dataset, run.splits["val"],
                                 run.device)
         return {"val_miou": scores["miou"]}
 
-    trainer.fit(train_set, step, evaluate=evaluate, select="val_miou")
+    trainer.fit(train_set, segmenter_step(weights), evaluate=evaluate, select="val_miou")
     return load_best(model, trainer.best_path, trainer.device)
 
 

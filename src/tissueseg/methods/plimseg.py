@@ -298,23 +298,26 @@ def matcher_pretrained(cfg: WSSSConfig) -> bool | str:
 CLASSIFIER = "plim_classifier"
 
 
+def plim_cam_losses(run: RunContext, matcher: Matcher) -> mlps.CamLossFn:
+    """The weighted matching losses of this run's prompts and loss weights, on stage 1's CAMs."""
+    class_text, background_text = (t.to(run.device) for t in prompt_embeddings(matcher, prompt_bank(run)))
+    weights = active_loss_weights(run.config.plimseg)
+
+    def cam_losses(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return matching_losses(matcher, images, cams, labels, class_text, background_text, weights)
+    return cam_losses
+
+
 def train_plim_classifier(run: RunContext, matcher: Matcher) -> PDAClassifier:
     """PLIMSeg stage 1: classification loss + the weighted matching losses on the CAMs.
 
     The losses run inside the engine's bf16 autocast on GPU, matcher included.
     """
     p = run.config.plimseg
-    bank = prompt_bank(run)
-    class_text, background_text = (t.to(run.device) for t in prompt_embeddings(matcher, bank))
-    weights = active_loss_weights(p)
     check_settings(run, CLASSIFIER, {"matcher": matcher_settings(run), "matcher_name": matcher.name,
-                                     "prompts": _prompts_digest(bank), "losses": weights, "pda": p.pda,
-                                     "classification_weight": p.classification_weight})
-
-    def cam_losses(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return matching_losses(matcher, images, cams, labels, class_text, background_text, weights)
-
-    return mlps.train_classifier(run, pda=p.pda, name=CLASSIFIER, cam_losses=cam_losses,
+                                     "prompts": _prompts_digest(prompt_bank(run)), "losses": active_loss_weights(p),
+                                     "pda": p.pda, "classification_weight": p.classification_weight})
+    return mlps.train_classifier(run, pda=p.pda, name=CLASSIFIER, cam_losses=plim_cam_losses(run, matcher),
                                  classification_weight=p.classification_weight)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ from tissueseg.data.transforms import apply_pair, build_train_transforms
 from tissueseg.engine import distributed as dist_utils
 from tissueseg.engine.data import IGNORE, LabelSpace
 from tissueseg.engine.evaluate import score_records
-from tissueseg.engine.losses import masked_cross_entropy
+from tissueseg.engine.losses import clamped_count, masked_cross_entropy
 from tissueseg.engine.run import RunContext
-from tissueseg.engine.trainer import JsonLog, TrainConfig, Trainer, load_best, unwrap
+from tissueseg.engine.trainer import JsonLog, StepFn, TrainConfig, Trainer, load_best, unwrap
 from tissueseg.methods.base import Method, ResultRow
 from tissueseg.metrics.confusion import ConfusionMeter
 from tissueseg.metrics.objects import glas_object_metrics, instances_from_binary
@@ -93,24 +93,27 @@ def branch_logits(pixel: torch.Tensor | None, out: dict, size: tuple[int, int], 
 
 # --- Paper part 2: semi-supervised losses ----------------------------------------------------------
 
-def batch_confidence(logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor | None:
+def batch_confidence(logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Confidence of a batch (official ``ThreshController``): for every predicted class, the highest
-    softmax confidence among the pixels predicted as it; the mean over those classes. None if no pixel."""
+    softmax confidence among the pixels predicted as it; the mean over those classes. NaN if no pixel.
+
+    One scatter over the pixels, so it stays on the device (no host sync).
+    """
     probs = logits.detach().float().softmax(1)
     conf, pred = probs.max(1)
+    k = logits.shape[1]
     if valid is not None:
-        pred = pred.masked_fill(~valid, -1)
-    maxima = [conf[pred == c].max() for c in range(logits.shape[1]) if (pred == c).any()]
-    return torch.stack(maxima).mean() if maxima else None
+        pred = pred.masked_fill(~valid, k)  # a bin of its own, dropped below
+    maxima = conf.new_full((k + 1,), -1.0).scatter_reduce(0, pred.flatten(), conf.flatten(), "amax")[:k]
+    present = maxima >= 0
+    return (maxima * present).sum() / present.sum()
 
 
 def ema_threshold(threshold: torch.Tensor, logits: torch.Tensor, momentum: float = 0.999,
                   valid: torch.Tensor | None = None) -> torch.Tensor:
     """T ← m·T + (1 − m)·batch_confidence (unchanged when the batch has no valid pixel)."""
-    new = batch_confidence(logits, valid)
-    if new is None:
-        return threshold
-    return momentum * threshold + (1 - momentum) * new.to(threshold.device, threshold.dtype)
+    new = batch_confidence(logits, valid).to(threshold.device, threshold.dtype)
+    return torch.where(new.isnan(), threshold, momentum * threshold + (1 - momentum) * new)
 
 
 def cutmix_box(size: int, p: float = 0.5, area: tuple[float, float] = (0.02, 0.4),
@@ -150,7 +153,7 @@ def kl_consistency(strong_logits: torch.Tensor, weak_probs: torch.Tensor, keep: 
                    n_valid: torch.Tensor | int) -> torch.Tensor:
     """Σ_pixels keep · KL(p_weak ‖ p_strong) / valid pixels (official KLDivLoss summed over classes)."""
     kl = F.kl_div(F.log_softmax(strong_logits.float(), dim=1), weak_probs, reduction="none").sum(1)
-    return (kl * keep).sum() / max(float(n_valid), 1.0)
+    return (kl * keep).sum() / clamped_count(n_valid)
 
 
 def labelled_losses(out: dict, mask: torch.Tensor, settings: UniSemAlignSettings) -> dict[str, torch.Tensor]:
@@ -403,6 +406,23 @@ def semi_space(run: RunContext) -> LabelSpace:
     return LabelSpace.every_class(run.info, run.config.binary)
 
 
+def semi_step(settings: UniSemAlignSettings, frozen: bool, progress: Callable[[], float]) -> StepFn:
+    """One UniSemAlign step: weak/strong/feature-perturbed passes, every loss, and the EMA threshold update.
+
+    ``progress()`` is the fraction of training done (for the ramp-up); ``frozen`` keeps a frozen
+    encoder's BatchNorm in eval mode.
+    """
+    def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        inner = unwrap(net)
+        keep_frozen_in_eval(inner.segmenter, frozen)
+        strong = cutmix(batch["strong"], batch["box"].bool())
+        out = net(batch["image"], batch["weak"], strong)
+        losses, threshold = unisemalign_losses(out, batch, inner.threshold, settings, progress())
+        inner.threshold.copy_(threshold)
+        return losses
+    return step
+
+
 def train_row(run: RunContext, row: str, name: str | None = None,
               settings: UniSemAlignSettings | None = None) -> DeepLabV3Plus:
     """Train one row (resuming from ``out_dir/checkpoints/<name>_last.pt``); returns its best segmenter.
@@ -459,15 +479,6 @@ def train_row(run: RunContext, row: str, name: str | None = None,
         keep_frozen_in_eval(segmenter_of(unwrap(net)), frozen)
         return {"loss": F.cross_entropy(net(batch["image"]).float(), batch["mask"], ignore_index=IGNORE)}
 
-    def semi_step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        inner = unwrap(net)
-        keep_frozen_in_eval(inner.segmenter, frozen)
-        strong = cutmix(batch["strong"], batch["box"].bool())
-        out = net(batch["image"], batch["weak"], strong)
-        losses, threshold = unisemalign_losses(out, batch, inner.threshold, settings, trainer.progress)
-        inner.threshold.copy_(threshold)
-        return losses
-
     def evaluate(net: nn.Module) -> dict[str, float]:
         t = cfg.train
         epoch = epoch_now["epoch"]
@@ -476,7 +487,8 @@ def train_row(run: RunContext, row: str, name: str | None = None,
         scores = evaluate_segmenter(run, segmenter_of(net), run.splits["val"], objects=False)
         return {f"val_{k}": float(scores[k]) for k in ("mdice", "mjaccard", "dice_fg", "jaccard_fg")}
 
-    step = supervised_step if row in ("supervised", "fully_supervised") else semi_step
+    step = supervised_step if row in ("supervised", "fully_supervised") else \
+        semi_step(settings, frozen, lambda: trainer.progress)
     trainer.fit(train_set, step, evaluate=evaluate, select=f"val_{cfg.evaluation.select}",
                 on_epoch_start=on_epoch_start)
     return load_row(run, trainer.best_path)
