@@ -371,18 +371,33 @@ def class_geometries(class_map: np.ndarray, classes: Iterable[int], scale: float
     mask = wanted[class_map]
     if gaps is not None:
         mask &= ~gaps
-    by_class: dict[int, list] = {}
-    for geom, value in shapes(class_map, mask=mask, connectivity=4, transform=Affine(scale, 0, 0, 0, scale, 0)):
-        by_class.setdefault(int(value), []).append(geom["coordinates"])
+    traced = [(geom["coordinates"], int(value)) for geom, value in
+              shapes(class_map, mask=mask, connectivity=4, transform=Affine(scale, 0, 0, 0, scale, 0))]
+    if not traced:
+        return
+    every = _polygons([rings for rings, _ in traced])
+    values = np.array([value for _, value in traced])
+    del traced
     for k in classes:
-        if k not in by_class:
+        polys = every[values == k]
+        if not len(polys):
             continue
-        polys = np.array([shapely.Polygon(rings[0], rings[1:]) for rings in by_class.pop(k)], dtype=object)
         if tolerance > 0:
             polys = shapely.get_parts(shapely.simplify(polys, tolerance, preserve_topology=True))
             polys = polys[(shapely.get_type_id(polys) == 3) & (shapely.area(polys) > 0)]  # 3: Polygon
         if len(polys):
             yield k, list(shapely.orient_polygons(polys, exterior_cw=False))
+
+
+def _polygons(polygons: Sequence[Sequence[Sequence[tuple[float, float]]]]) -> np.ndarray:
+    """shapely Polygons from GeoJSON-style rings (outer ring first, then holes), built in one vectorised call."""
+    import shapely
+
+    rings = [ring for polygon in polygons for ring in polygon]
+    points = np.array([point for ring in rings for point in ring], dtype=np.float64)
+    ring_of_point = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
+    linear_rings = shapely.linearrings(points, indices=ring_of_point)
+    return shapely.polygons(linear_rings, indices=np.repeat(np.arange(len(polygons)), [len(p) for p in polygons]))
 
 
 def absorb_small_regions(class_map: np.ndarray, min_pixels: int) -> tuple[np.ndarray, np.ndarray | None]:
