@@ -29,7 +29,7 @@ weights file this script writes.
 
     python3 -m venv /tmp/tia-venv && /tmp/tia-venv/bin/pip install tiatoolbox==2.1.3
     HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/peer_tiatoolbox.py \\
-        --tia-python /tmp/tia-venv/bin/python --sizes 4096 8192 --svs --threads 2 --workers 1
+        --tia-python /tmp/tia-venv/bin/python --sizes 4096 8192 --svs --threads 1 --workers 1
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def model_only_tiles_per_second(net: nn.Module, tile: int, batch_size: int, batc
 
 def tia_child(args) -> dict:
     """``SemanticSegmentor`` on one slide → ``<out>/tia.zarr``; returns seconds and the zarr path."""
+    import zarr
     from tiatoolbox.models.engine.io_config import IOSegmentorConfig
     from tiatoolbox.models.engine.semantic_segmentor import SemanticSegmentor
     from tiatoolbox.models.models_abc import ModelABC
@@ -133,8 +134,6 @@ def tia_child(args) -> dict:
                         overwrite=True, output_type="zarr")
     seconds = time.perf_counter() - t0
     path = next(iter(out.values())) if isinstance(out, dict) else out
-    import zarr
-
     return {"seconds": seconds, "classmap": str(path), "model_only_tiles_s": model_only,
             "tiles": int(zarr.open(str(path), mode="r")["coordinates"].shape[0])}
 
