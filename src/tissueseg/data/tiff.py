@@ -55,14 +55,14 @@ def write_pyramidal_tiff(path: str | os.PathLike, tile_fn: TileFn, width: int, h
     photometric = "palette" if colormap is not None else ("rgb" if samples == 3 else "minisblack")
     with atomic_path(path) as tmp:
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
-            for level, (lw, lh) in enumerate(levels):
+            for index, (lw, lh) in enumerate(levels):
                 kwargs = {}
                 if mpp:  # pixels per centimetre of this level
                     kwargs.update(resolution=(1e4 / (mpp * width / lw), 1e4 / (mpp * height / lh)),
                                   resolutionunit="CENTIMETER")
-                tw.write(tiles(level, lw, lh), shape=(lh, lw, *shape_extra), dtype=np.uint8, tile=(tile, tile),
+                tw.write(tiles(index, lw, lh), shape=(lh, lw, *shape_extra), dtype=np.uint8, tile=(tile, tile),
                          photometric=photometric, colormap=colormap, compression=compression,
-                         compressionargs={"level": level_arg(compression, level)}, subfiletype=1 if level else 0,
+                         compressionargs={"level": level_arg(compression, level)}, subfiletype=1 if index else 0,
                          metadata=None, software="tissueseg", **kwargs)
     return Path(path)
 

@@ -350,42 +350,96 @@ def class_geometries(class_map: np.ndarray, classes: Iterable[int], scale: float
 
     Regions are 4-connected and traced by :func:`rasterio.features.shapes` along pixel edges, in
     units of ``scale`` per map pixel (so a polygon's area is exactly its pixel count × scale²
-    before simplification). ``min_pixels`` > 1 drops regions and fills holes smaller than that
-    first (speckle would make millions of polygons). ``tolerance`` > 0 simplifies each outline
-    (Douglas–Peucker, topology preserved, holes kept) to that distance in output units; polygons
-    that vanish are dropped. Exteriors are counter-clockwise, holes clockwise (GeoJSON, y up).
+    before simplification), in one pass over the map for all classes. ``min_pixels`` > 1 first
+    drops regions smaller than that and fills the holes smaller than that they leave
+    (:func:`absorb_small_regions`; speckle would make millions of polygons). ``tolerance`` > 0
+    simplifies each outline (Douglas–Peucker, topology preserved, holes kept) to that distance in
+    output units; polygons that vanish are dropped. Exteriors are counter-clockwise, holes
+    clockwise (GeoJSON, y up).
     """
     import shapely
     from affine import Affine
     from rasterio.features import shapes
-    from shapely.geometry import Polygon, shape
-    from shapely.geometry.polygon import orient
-    from skimage.morphology import remove_small_holes, remove_small_objects
 
-    class_map = np.asarray(class_map)
-    transform = Affine(scale, 0, 0, 0, scale, 0)
+    class_map = np.ascontiguousarray(class_map, dtype=np.uint8)
+    classes = [int(k) for k in classes]
+    wanted = np.zeros(256, dtype=bool)
+    wanted[classes] = True
+    gaps = None
+    if min_pixels > 1:
+        class_map, gaps = absorb_small_regions(class_map, min_pixels)
+    mask = wanted[class_map]
+    if gaps is not None:
+        mask &= ~gaps
+    traced = [(geom["coordinates"], int(value)) for geom, value in
+              shapes(class_map, mask=mask, connectivity=4, transform=Affine(scale, 0, 0, 0, scale, 0))]
+    if not traced:
+        return
+    every = _polygons([rings for rings, _ in traced])
+    values = np.array([value for _, value in traced])
+    del traced
     for k in classes:
-        mask = class_map == k
-        if not mask.any():
+        polys = every[values == k]
+        if not len(polys):
             continue
-        if min_pixels > 1:
-            mask = remove_small_objects(mask, max_size=min_pixels - 1, connectivity=1)
-            mask = remove_small_holes(mask, max_size=min_pixels - 1, connectivity=1)
-            if not mask.any():
-                continue
-        polys = []
-        for geom, _ in shapes(mask.view(np.uint8), mask=mask, connectivity=4, transform=transform):
-            poly = shape(geom)
-            if tolerance > 0:
-                poly = poly.simplify(tolerance, preserve_topology=True)
-                if poly.is_empty or poly.area <= 0:
-                    continue
-                if not isinstance(poly, Polygon):  # rare: simplification split it
-                    polys.extend(orient(p) for p in shapely.get_parts(poly) if isinstance(p, Polygon) and p.area > 0)
-                    continue
-            polys.append(orient(poly))
-        if polys:
-            yield int(k), polys
+        if tolerance > 0:
+            polys = shapely.get_parts(shapely.simplify(polys, tolerance, preserve_topology=True))
+            polys = polys[(shapely.get_type_id(polys) == 3) & (shapely.area(polys) > 0)]  # 3: Polygon
+        if len(polys):
+            yield k, list(shapely.orient_polygons(polys, exterior_cw=False))
+
+
+def _polygons(polygons: Sequence[Sequence[Sequence[tuple[float, float]]]]) -> np.ndarray:
+    """shapely Polygons from GeoJSON-style rings (outer ring first, then holes), built in one vectorised call."""
+    import shapely
+
+    rings = [ring for polygon in polygons for ring in polygon]
+    points = np.array([point for ring in rings for point in ring], dtype=np.float64)
+    ring_of_point = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
+    linear_rings = shapely.linearrings(points, indices=ring_of_point)
+    return shapely.polygons(linear_rings, indices=np.repeat(np.arange(len(polygons)), [len(p) for p in polygons]))
+
+
+def absorb_small_regions(class_map: np.ndarray, min_pixels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``class_map`` without its 4-connected same-value regions smaller than ``min_pixels``, and the
+    pixels left as gaps (None when there are none).
+
+    Adjacent small regions form a cluster; a cluster smaller than ``min_pixels`` whose neighbours
+    all belong to one region is a hole of that region and takes its value; the others' pixels are
+    gaps (they touch several regions, or are too large a hole to fill). Vectorised: one labelling
+    of the map, the rest on the small pixels.
+    """
+    from scipy import ndimage
+    from skimage.measure import label
+
+    labels = label(class_map, background=-1, connectivity=1)
+    small = (np.bincount(labels.ravel()) < min_pixels)[labels]
+    if not small.any():
+        return class_map, None
+    clusters, n = ndimage.label(small)
+    h, w = class_map.shape
+    p = np.flatnonzero(small)
+    row, col = np.divmod(p, w)
+    sources, neighbours = [], []  # every 4-neighbour edge from a small pixel to a large region's pixel
+    for inside, q in ((row > 0, p - w), (row < h - 1, p + w), (col > 0, p - 1), (col < w - 1, p + 1)):
+        q = q[inside]
+        edge = ~small.ravel()[q]
+        sources.append(p[inside][edge])
+        neighbours.append(q[edge])
+    source, neighbour = np.concatenate(sources), np.concatenate(neighbours)
+    cluster = clusters.ravel()[source]
+    key = np.unique(cluster.astype(np.int64) * (int(labels.max()) + 1) + labels.ravel()[neighbour],
+                    return_index=True)[1]
+    count = np.bincount(cluster[key], minlength=n + 1)
+    fill_value = np.zeros(n + 1, dtype=np.uint8)
+    fill_value[cluster[key]] = class_map.ravel()[neighbour[key]]
+    fill = (count == 1) & (np.bincount(clusters.ravel()[p], minlength=n + 1) < min_pixels)
+    filled = fill[clusters.ravel()[p]]
+    out = class_map.copy()
+    out.ravel()[p[filled]] = fill_value[clusters.ravel()[p[filled]]]
+    gaps = np.zeros_like(small)
+    gaps.ravel()[p[~filled]] = True
+    return out, gaps if gaps.any() else None
 
 
 def _coords(ring, decimals: int) -> list:

@@ -87,17 +87,43 @@ class ChunkStore:
                 yield y, x, self.read(y, x, min(size, self.height - y), min(size, self.width - x))
 
 
-def mode_pool(window: np.ndarray, factor: int) -> np.ndarray:
+def mode_pool(window: np.ndarray, factor: int, batch: int = 1 << 20) -> np.ndarray:
     """Most frequent value in each ``factor`` × ``factor`` block; blocks cut by the window edge count only
-    their pixels inside. Ties go to the smaller value (classes before ``NO_TISSUE``)."""
+    their pixels inside. Ties go to the smaller value (classes before ``NO_TISSUE``).
+
+    Uniform blocks (most of a class map) are found with ``factor``² strided comparisons and keep their
+    value; only the mixed blocks are counted (``batch`` samples at a time). Mostly mixed windows
+    (speckle at a large ``factor``) are counted densely instead.
+    """
     window = np.asarray(window, dtype=np.uint8)
     if factor == 1:
         return window.copy()
     h, w = window.shape
+    out = window[::factor, ::factor].copy()
+    mixed = np.zeros(out.shape, dtype=bool)
+    for dy in range(factor):
+        for dx in range(factor):
+            view = window[dy::factor, dx::factor]
+            mixed[:view.shape[0], :view.shape[1]] |= view != out[:view.shape[0], :view.shape[1]]
+    if mixed.mean() > 0.5:
+        return _mode_pool_dense(window, factor)
+    bi, bj = np.nonzero(mixed)
+    dy, dx = np.divmod(np.arange(factor * factor), factor)
+    step = max(1, batch // max(factor * factor, 256))
+    for s in range(0, len(bi), step):
+        ys, xs = bi[s:s + step, None] * factor + dy, bj[s:s + step, None] * factor + dx
+        inside = (ys < h) & (xs < w)
+        code = np.arange(len(ys))[:, None] * 256 + window[np.minimum(ys, h - 1), np.minimum(xs, w - 1)]
+        counts = np.bincount(code[inside], minlength=len(ys) * 256).reshape(len(ys), 256)
+        out[bi[s:s + step], bj[s:s + step]] = counts.argmax(axis=1)
+    return out
+
+
+def _mode_pool_dense(window: np.ndarray, factor: int) -> np.ndarray:
+    """:func:`mode_pool` counting every block, one pass per value present."""
+    h, w = window.shape
     ph, pw = math.ceil(h / factor), math.ceil(w / factor)
     values = np.flatnonzero(np.bincount(window.ravel(), minlength=256))
-    if len(values) == 1:
-        return np.full((ph, pw), values[0], dtype=np.uint8)
     padded = np.full((ph * factor, pw * factor), 0, dtype=np.uint8)
     padded[:h, :w] = window
     inside = np.zeros((ph * factor, pw * factor), dtype=bool)

@@ -11,8 +11,10 @@ Per slide (:func:`predict_slide`):
    DataLoader workers read the next tiles;
 4. blend the tiles chunk by chunk (:mod:`tissueseg.slides.tiling`): each finished chunk's class
    map is saved in ``<out>/.partial`` — the resume checkpoint — so an interrupted slide continues
-   where it stopped and memory never holds more than one chunk;
-5. write the outputs (:mod:`tissueseg.slides.outputs`) atomically, ``summary.json`` last (the
+   where it stopped and memory never holds more than one chunk; meanwhile a thread writes the
+   pyramidal class-map TIFF's full-resolution level as its rows of chunks are finished
+   (:class:`FinishedRows`);
+5. write the other outputs (:mod:`tissueseg.slides.outputs`) atomically, ``summary.json`` last (the
    "finished" marker), and remove ``.partial``.
 
 :func:`predict_slides` runs a batch: under ``torchrun`` rank *r* of *N* takes slides ``r::N``,
@@ -26,8 +28,10 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -166,6 +170,42 @@ def _chunk_marker(work: Path, chunk: tuple[int, int]) -> Path:
     return work / f"chunk_{chunk[0]}_{chunk[1]}.json"
 
 
+class FinishedRows:
+    """How many working rows of the class map are on disk (every chunk above them finished), for a writer
+    that follows the prediction: :meth:`wait` blocks until enough are, and raises if :meth:`stop` comes
+    first."""
+
+    def __init__(self, grid: TileGrid, finished: Iterable[tuple[int, int]] = ()):
+        rows, cols = grid.chunks_shape
+        self._grid = grid
+        self._left = [cols] * rows  # unfinished chunks per chunk row
+        for c in finished:
+            self._left[c[0]] -= 1
+        self._stopped = False
+        self._cond = threading.Condition()
+
+    @property
+    def rows(self) -> int:
+        first_open = next((i for i, n in enumerate(self._left) if n), len(self._left))
+        return min(first_open * self._grid.chunk, self._grid.height)
+
+    def finish(self, chunk: tuple[int, int]) -> None:
+        with self._cond:
+            self._left[chunk[0]] -= 1
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def wait(self, rows: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopped or self.rows >= min(rows, self._grid.height))
+            if self._stopped and self.rows < min(rows, self._grid.height):
+                raise RuntimeError("the prediction stopped before the class map was finished")
+
+
 def plan_tiles(reader: SlideReader, grid: TileGrid, scale: float, options: PredictOptions
                ) -> tuple[np.ndarray, TissueIndex, np.ndarray, np.ndarray]:
     """Thumbnail, tissue index, all tile starts and those touching tissue (chunk order)."""
@@ -294,55 +334,63 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
             write_json(_chunk_marker(work, c), {"counts": counts.tolist()})
             acc.release(c)
             release_memory()
+            finished_rows.finish(c)
             if on_chunk is not None:
                 on_chunk(c)
 
-        chunk_iter = iter(pending)
-        current: tuple[int, int] | None = None
-        n_done = 0
-        if progress is not None:
-            progress(0, len(todo))
-        workers = options.workers if len(todo) > options.batch_size else 0
-        loader = DataLoader(SlideTileDataset(path, todo, tile, s, options.reader, reader=reader),
-                            batch_size=options.batch_size, num_workers=workers, collate_fn=collate_tiles,
-                            pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if workers else None, persistent_workers=False)
-        for images, index in loader:
-            weighted = _infer(predictor, images, device, options.flip, options.amp, window_t)
-            for b, i in enumerate(index.tolist()):
-                y, x = int(todo[i, 0]), int(todo[i, 1])
-                c = grid.chunk_of(y, x)
-                while current != c:
-                    if current is not None:
-                        finalize(current)
-                    current = next(chunk_iter)
-                    acc.begin(current, own_tiles(current))
-                acc.add(y, x, weighted[b])
-            n_done += len(index)
-            del weighted, images
-            if progress is not None:
-                progress(n_done, len(todo))
-        if current is not None:
-            finalize(current)
-        for c in chunk_iter:
-            acc.begin(c, own_tiles(c))
-            finalize(c)
-        t_write = time.perf_counter()
-
-        # -- outputs ----------------------------------------------------------------------------------
-        counts = np.zeros(256, dtype=np.int64)
-        for c in grid.chunks():
-            counts += np.asarray(json.loads(_chunk_marker(work, c).read_text())["counts"], dtype=np.int64)
-        out_dir.mkdir(parents=True, exist_ok=True)
         palette = [tuple(int(v) for v in p) for p in meta.palette]
         names = list(meta.classes)
+        finished_rows = FinishedRows(grid, done)
 
         def classmap_tile(level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
             step = 2 ** level
+            finished_rows.wait((y + h) * step)
             return store.read(y * step, x * step, h, w, step)
 
-        write_pyramidal_tiff(out_dir / "classmap.tif", classmap_tile, grid.width, grid.height, mpp=geom.mpp,
-                             tile=options.tiff_tile, colormap=palette_colormap(palette), fill=NO_TISSUE)
+        tiff_writer = ThreadPoolExecutor(1, thread_name_prefix="classmap-tiff")
+        classmap_written = tiff_writer.submit(
+            write_pyramidal_tiff, out_dir / "classmap.tif", classmap_tile, grid.width, grid.height, mpp=geom.mpp,
+            tile=options.tiff_tile, colormap=palette_colormap(palette), fill=NO_TISSUE)
+        tiff_writer.shutdown(wait=False)
+        chunk_iter = iter(pending)
+        current: tuple[int, int] | None = None
+        n_done = 0
+        try:
+            if progress is not None:
+                progress(0, len(todo))
+            workers = options.workers if len(todo) > options.batch_size else 0
+            loader = DataLoader(SlideTileDataset(path, todo, tile, s, options.reader, reader=reader),
+                                batch_size=options.batch_size, num_workers=workers, collate_fn=collate_tiles,
+                                pin_memory=device.type == "cuda",
+                                prefetch_factor=4 if workers else None, persistent_workers=False)
+            for images, index in loader:
+                weighted = _infer(predictor, images, device, options.flip, options.amp, window_t)
+                for b, i in enumerate(index.tolist()):
+                    y, x = int(todo[i, 0]), int(todo[i, 1])
+                    c = grid.chunk_of(y, x)
+                    while current != c:
+                        if current is not None:
+                            finalize(current)
+                        current = next(chunk_iter)
+                        acc.begin(current, own_tiles(current))
+                    acc.add(y, x, weighted[b])
+                n_done += len(index)
+                del weighted, images
+                if progress is not None:
+                    progress(n_done, len(todo))
+            if current is not None:
+                finalize(current)
+            for c in chunk_iter:
+                acc.begin(c, own_tiles(c))
+                finalize(c)
+        finally:
+            finished_rows.stop()  # a writer still waiting then fails instead of hanging
+        t_write = time.perf_counter()
+
+        # -- outputs (classmap.tif is being written) --------------------------------------------------
+        counts = np.zeros(256, dtype=np.int64)
+        for c in grid.chunks():
+            counts += np.asarray(json.loads(_chunk_marker(work, c).read_text())["counts"], dtype=np.int64)
         factor = 1
         while max(grid.width, grid.height) / factor > options.polygon_max_size:
             factor *= 2
@@ -360,6 +408,7 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
         small_thumb = np.asarray(Image.fromarray(thumb).resize((tw, th), Image.BILINEAR))
         write_image(out_dir / "thumbnail.png", small_thumb)
         write_image(out_dir / "overlay.png", overlay_image(small_thumb, small, names, palette))
+        classmap_written.result()
         t_end = time.perf_counter()
         summary = {
             "slide": str(path), "reader": reader.kind, "dimensions": [geom.width0, geom.height0],
