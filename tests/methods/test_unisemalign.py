@@ -295,6 +295,7 @@ def test_warm_start_loads_the_supervised_weights(tiny_data, tmp_path, monkeypatc
 
     def fit(self, *args, **kwargs):  # capture the weights the semi row starts from, then stop
         started.update({k: v.clone() for k, v in usa.segmenter_of(self.model).state_dict().items()})
+        started["teacher"] = self.model.teacher
         raise Stop
 
     monkeypatch.setattr(usa.Trainer, "fit", fit)
@@ -302,7 +303,44 @@ def test_warm_start_loads_the_supervised_weights(tiny_data, tmp_path, monkeypatc
         usa.train_row(run, "consistency")
     reference = supervised.state_dict()
     assert all(torch.equal(started[k].cpu(), reference[k].cpu()) for k in reference)
+    # the default mean teacher starts as the same weights, frozen
+    teacher = started["teacher"].state_dict()
+    assert all(torch.equal(teacher[k].cpu(), reference[k].cpu()) for k in reference)
+    assert not any(p.requires_grad for p in started["teacher"].parameters())
     with pytest.raises(Stop):
         usa.train_row(run, "consistency", settings=run.config.unisemalign.model_copy(update=PAPER_RECIPE))
     assert not all(torch.equal(started[k].cpu(), reference[k].cpu()) for k in reference if k.endswith("weight"))
+    assert started["teacher"] is None
+
+
+def test_mean_teacher_is_an_ema_of_the_segmenter_and_makes_the_pseudo_labels(tiny_data, tmp_path):
+    import tissueseg.methods.unisemalign as usa
+
+    run = make_run(tiny_data, tmp_path)
+    net = usa.build_network(run.config, usa.semi_space(run), "consistency")
+    net.start_teacher()
+    before = {k: v.clone() for k, v in net.teacher.state_dict().items()}
+    with torch.no_grad():
+        for p in net.segmenter.parameters():
+            p.add_(1.0)
+    net.train()
+    net.update_teacher(0.75)
+    after = net.teacher.state_dict()
+    student = net.segmenter.state_dict()
+    name = next(k for k, v in before.items() if k.endswith("weight") and v.dtype.is_floating_point)
+    assert torch.allclose(after[name], 0.75 * before[name] + 0.25 * student[name])
+    assert not net.teacher.training  # eval mode whatever the student's mode
+    # the step's targets come from the teacher: a teacher that predicts one class everywhere with
+    # full confidence makes every valid weak pixel count
+    with torch.no_grad():
+        head = net.teacher.head
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([50.0] + [0.0] * (head.bias.numel() - 1)))
+    step = usa.semi_step(run.config.unisemalign.model_copy(update={"teacher_momentum": 0.0}), False, lambda: 1.0)
+    batch = {"image": torch.rand(2, 3, 32, 32), "mask": torch.zeros(2, 32, 32, dtype=torch.long),
+             "weak": torch.rand(2, 3, 32, 32), "strong": torch.rand(2, 3, 32, 32),
+             "box": torch.zeros(2, 32, 32, dtype=torch.bool)}
+    net.update_teacher = lambda momentum: None  # keep the rigged teacher for this step
+    losses = step(net, batch)
+    assert losses["mask_ratio"].item() == pytest.approx(1.0)
 

@@ -182,7 +182,8 @@ def fused_pseudo_labels(logits: torch.Tensor, pixel: torch.Tensor | None, out: d
 
 
 PAPER_RECIPE = {"sup_weight": 0.5, "strong_weight": 0.25, "kl_weight": 0.25, "fp_weight": 0.25, "ramp_up": 0.0,
-                "threshold": "ema", "clean_bn_statistics": False, "warm_start": False}
+                "threshold": "ema", "clean_bn_statistics": False, "warm_start": False,
+                "teacher_momentum": None}
 """Settings overrides that restore the paper's / official code's loss weights and EMA threshold."""
 
 
@@ -407,7 +408,8 @@ def semi_space(run: RunContext) -> LabelSpace:
 
 
 def semi_step(settings: UniSemAlignSettings, frozen: bool, progress: Callable[[], float]) -> StepFn:
-    """One UniSemAlign step: weak/strong/feature-perturbed passes, every loss, and the EMA threshold update.
+    """One UniSemAlign step: weak/strong/feature-perturbed passes, every loss, and the EMA threshold update;
+    with a mean teacher on the net, it is updated first and its weak-view logits make the pseudo labels.
 
     ``progress()`` is the fraction of training done (for the ramp-up); ``frozen`` keeps a frozen
     encoder's BatchNorm in eval mode.
@@ -415,8 +417,13 @@ def semi_step(settings: UniSemAlignSettings, frozen: bool, progress: Callable[[]
     def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         inner = unwrap(net)
         keep_frozen_in_eval(inner.segmenter, frozen)
+        if inner.teacher is not None:
+            inner.update_teacher(settings.teacher_momentum)
         strong = cutmix(batch["strong"], batch["box"].bool())
         out = net(batch["image"], batch["weak"], strong)
+        if inner.teacher is not None:  # the weak logits only make targets: the teacher's replace them
+            with torch.no_grad():
+                out["weak"] = inner.teacher(batch["weak"])
         losses, threshold = unisemalign_losses(out, batch, inner.threshold, settings, progress())
         inner.threshold.copy_(threshold)
         return losses
@@ -430,7 +437,8 @@ def train_row(run: RunContext, row: str, name: str | None = None,
     ``supervised`` / ``fully_supervised``: DeepLabV3+ with CE on the labelled / all training masks
     (as many iterations as the semi-supervised rows). ``consistency``: the weak/strong pipeline
     without prototype and text branches. ``unisemalign``: everything (``settings`` for ablations). With
-    ``settings.warm_start`` both start from the ``supervised`` row's best weights (trained first if missing).
+    ``settings.warm_start`` both start from the ``supervised`` row's best weights (trained first if missing);
+    with ``settings.teacher_momentum`` their pseudo labels come from a mean teacher of the segmenter.
     """
     if row not in ROWS:
         raise ValueError(f"unknown row {row!r} (fix: one of {', '.join(ROWS)})")
@@ -459,6 +467,8 @@ def train_row(run: RunContext, row: str, name: str | None = None,
         if not supervised.exists():
             train_row(run, "supervised")
         load_best(segmenter_of(model), supervised, run.device)
+    if row in ("consistency", "unisemalign") and settings.teacher_momentum is not None:
+        model.start_teacher()
     log = JsonLog(run.out_dir / "log.jsonl")
     text = getattr(model, "text", None)
     log.write("row", stage=name, row=row, labelled=len(labelled), unlabelled=len(unlabelled), warm_start=warm,

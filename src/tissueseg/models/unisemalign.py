@@ -5,6 +5,7 @@ training recipe are in :mod:`tissueseg.methods.unisemalign`; only the DeepLabV3+
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -54,6 +55,24 @@ class UniSemAlignNet(nn.Module):
                         if prototypes or text is not None else None)
         self.fp_dropout = nn.Dropout2d(fp_dropout)
         self.register_buffer("threshold", torch.tensor(float(threshold_init)))
+        self.teacher: DeepLabV3Plus | None = None
+
+    def start_teacher(self) -> None:
+        """Keep a frozen copy of the segmenter (checkpointed with the net) for :meth:`update_teacher`."""
+        self.teacher = copy.deepcopy(self.segmenter)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """Mean teacher (Tarvainen & Valpola 2017): θ' ← m·θ' + (1 − m)·θ for every floating-point
+        weight and BatchNorm statistic; integer buffers are copied. The teacher stays in eval mode."""
+        self.teacher.eval()
+        for t, s in zip(self.teacher.state_dict().values(), self.segmenter.state_dict().values()):
+            if t.dtype.is_floating_point:
+                t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+            else:
+                t.copy_(s)
 
     def _decode(self, low: torch.Tensor, high: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         seg = self.segmenter
