@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--branch-logits-at", default="input", choices=["input", "feature"])
     p.add_argument("--rows", nargs="*", default=list(ROWS), choices=[*ROWS, *ABLATIONS],
                    help="rows to train per budget (default: the references and UniSemAlign; none: --speed only)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="UniSemAlign settings overrides for every row, e.g. teacher_momentum=0.99 (values as JSON)")
     p.add_argument("--ablations", action="store_true", help="also the branch / alignment ablations")
     p.add_argument("--no-full", action="store_true", help="skip the fully supervised row")
     p.add_argument("--speed", action="store_true", help="time UniSemAlign training steps, bf16 vs fp32")
@@ -81,6 +83,18 @@ def budget(spec: str) -> dict:
     return {"labelled_count": int(spec)}
 
 
+def settings_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs → a dict, values parsed as JSON where they parse (``0.99``, ``null``, ``true``)."""
+    overrides = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except ValueError:
+            overrides[key] = value
+    return overrides
+
+
 def make_config(args: argparse.Namespace, out_dir: Path, labelled: dict | None) -> dict:
     return {
         "method": "unisemalign", "out_dir": str(out_dir), "seed": args.seed, "device": args.device,
@@ -92,7 +106,7 @@ def make_config(args: argparse.Namespace, out_dir: Path, labelled: dict | None) 
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                   "decoder_channels": args.decoder_channels, "max_steps_per_epoch": args.max_steps_per_epoch,
                   "eval_every": args.eval_every},
-        "unisemalign": {"branch_logits_at": args.branch_logits_at},
+        "unisemalign": {"branch_logits_at": args.branch_logits_at, **settings_overrides(args.set)},
         "text": {"encoder": args.text_encoder},
         "evaluation": {"window": 256, "stride": 170, "overlays": 0},
     }

@@ -227,10 +227,10 @@ class UniSemAlignSettings(Section):
     strong_target: Literal["weak", "strong"] = "weak"  # paper: fused weak label; official code: strong's own
     fp_dropout: float = 0.5
     cutmix_prob: float = 0.5
-    # ours: pseudo labels come from a mean teacher, an EMA (this momentum) of the segmenter's weights in eval
-    # mode, so they cannot follow the student's own drift to the majority class; None: the student's own
-    # weak pass (paper / official)
-    teacher_momentum: float | None = Field(default=0.99, ge=0, lt=1)
+    # option: pseudo labels from a mean teacher, an EMA (this momentum, e.g. 0.99) of the segmenter's weights in
+    # eval mode; None (default, paper): the student's own weak pass. On EBHI-Seg (3 seeds, BENCHMARKS.md) it
+    # slowed the drift to the majority class on one seed but cost more on another, so it stays off
+    teacher_momentum: float | None = Field(default=None, ge=0, lt=1)
     # ours: the unlabelled rows start from the supervised-only row's best weights (trained first when the run
     # folder lacks it), so early pseudo labels come from a trained model; official: from ImageNet weights
     warm_start: bool = True

@@ -300,10 +300,10 @@ def test_warm_start_loads_the_supervised_weights(tiny_data, tmp_path, monkeypatc
 
     monkeypatch.setattr(usa.Trainer, "fit", fit)
     with pytest.raises(Stop):
-        usa.train_row(run, "consistency")
+        usa.train_row(run, "consistency", settings=run.config.unisemalign.model_copy(update={"teacher_momentum": 0.99}))
     reference = supervised.state_dict()
     assert all(torch.equal(started[k].cpu(), reference[k].cpu()) for k in reference)
-    # the default mean teacher starts as the same weights, frozen
+    # the mean teacher (an option) starts as the same weights, frozen
     teacher = started["teacher"].state_dict()
     assert all(torch.equal(teacher[k].cpu(), reference[k].cpu()) for k in reference)
     assert not any(p.requires_grad for p in started["teacher"].parameters())
@@ -311,6 +311,9 @@ def test_warm_start_loads_the_supervised_weights(tiny_data, tmp_path, monkeypatc
         usa.train_row(run, "consistency", settings=run.config.unisemalign.model_copy(update=PAPER_RECIPE))
     assert not all(torch.equal(started[k].cpu(), reference[k].cpu()) for k in reference if k.endswith("weight"))
     assert started["teacher"] is None
+    with pytest.raises(Stop):
+        usa.train_row(run, "consistency")  # the default: warm start, no teacher
+    assert all(torch.equal(started[k].cpu(), reference[k].cpu()) for k in reference) and started["teacher"] is None
 
 
 def test_mean_teacher_is_an_ema_of_the_segmenter_and_makes_the_pseudo_labels(tiny_data, tmp_path):

@@ -182,8 +182,7 @@ def fused_pseudo_labels(logits: torch.Tensor, pixel: torch.Tensor | None, out: d
 
 
 PAPER_RECIPE = {"sup_weight": 0.5, "strong_weight": 0.25, "kl_weight": 0.25, "fp_weight": 0.25, "ramp_up": 0.0,
-                "threshold": "ema", "clean_bn_statistics": False, "warm_start": False,
-                "teacher_momentum": None}
+                "threshold": "ema", "clean_bn_statistics": False, "warm_start": False}
 """Settings overrides that restore the paper's / official code's loss weights and EMA threshold."""
 
 
