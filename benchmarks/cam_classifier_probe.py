@@ -22,6 +22,7 @@ from tissueseg.config import WSSSConfig
 from tissueseg.engine.evaluate import evaluate_split
 from tissueseg.engine.run import RunContext
 from tissueseg.methods.mlps import cam_predictor, train_classifier
+from wsss_wsss4luad import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,11 +42,7 @@ def main() -> None:
                           "background_detection": False},
                  "backbone": {"name": "efficientnet_lite0", "pretrained": True, "output_stride": 16},
                  "classifier": {"epochs": args.epochs, "batch_size": 16}}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, field = key.split(".", 1)
-        raw.setdefault(section, {})[field] = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
-    config = WSSSConfig.model_validate(raw)
+    config = WSSSConfig.model_validate(apply_overrides(raw, args.set))
     run = RunContext.open(config, console=Console(stderr=True))
     start = time.time()
     classifier = train_classifier(run, pda=False, name="cam_classifier")

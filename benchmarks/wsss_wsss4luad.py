@@ -65,6 +65,16 @@ def reference_cam_row(run: RunContext, steps: int, seed: int) -> dict:
     return {"test": summarize_scores(meter.compute(), run.info)}
 
 
+def apply_overrides(raw: dict, items: list[str]) -> dict:
+    """``SECTION.KEY=VALUE`` overrides into a raw config (values parsed as JSON where they parse)."""
+    from semi_ebhi import settings_overrides
+
+    for key, value in settings_overrides(items).items():
+        section, field = key.split(".", 1)
+        raw.setdefault(section, {})[field] = value
+    return raw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "wsss4luad")
@@ -98,10 +108,7 @@ def main() -> None:
            "classifier": {"epochs": args.epochs, "batch_size": args.batch_size},
            "segmenter": {"epochs": args.epochs, "batch_size": args.batch_size,
                          "decoder_channels": args.decoder_channels}}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, field = key.split(".", 1)
-        raw.setdefault(section, {})[field] = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
+    apply_overrides(raw, args.set)
     config = WSSSConfig.model_validate(raw)
     console = Console(width=160)
     start = time.time()
