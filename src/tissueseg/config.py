@@ -232,7 +232,8 @@ class UniSemAlignSettings(Section):
     # slowed the drift to the majority class on one seed but cost more on another, so it stays off
     teacher_momentum: float | None = Field(default=None, ge=0, lt=1)
     # ours: the unlabelled rows start from the supervised-only row's best weights (trained first when the run
-    # folder lacks it), so early pseudo labels come from a trained model; official: from ImageNet weights
+    # folder lacks it), so early pseudo labels come from a trained model; they are validated before the first step
+    # and stay the row's model until an epoch beats them on validation. Official: from ImageNet weights
     warm_start: bool = True
     clean_bn_statistics: bool = True  # ours: strong / perturbed passes do not update BN running stats (official: they do)
     # Total = Σ weight·loss / 2. Ours: the labelled CE counts 1.0 as in the supervised-only row, and the

@@ -116,6 +116,20 @@ def test_best_checkpoint_follows_selected_metric(tmp_path):
     assert best["metrics"]["miou"] == 0.9
 
 
+@pytest.mark.parametrize("start_score, best_epoch", [(0.95, 0), (0.4, 2)])
+def test_evaluated_start_stays_best_until_an_epoch_beats_it(tmp_path, start_score, best_epoch):
+    scores = iter([0.3, 0.9, 0.5])
+    trainer = make_trainer(tmp_path, epochs=3)
+    start = weights(trainer).clone()
+    result = trainer.fit(make_data(), regression_step, evaluate=lambda m: {"miou": next(scores)},
+                         collate_fn=collate, evaluate_start=lambda m: {"miou": start_score})
+    assert result["epoch"] == best_epoch
+    best = torch.load(tmp_path / "checkpoints" / "toy_best.pt", weights_only=False)
+    assert best["metrics"]["epoch"] == best_epoch
+    kept = torch.cat([v.flatten() for v in best["model"].values()])
+    assert torch.equal(kept, start) == (best_epoch == 0)
+
+
 def test_poly_lr_endpoints():
     assert poly_lr(0.01, 0, 100, 0.9) == pytest.approx(0.01)
     assert poly_lr(0.01, 50, 100, 1.0) == pytest.approx(0.005)

@@ -296,6 +296,7 @@ def test_warm_start_loads_the_supervised_weights(tiny_data, tmp_path, monkeypatc
     def fit(self, *args, **kwargs):  # capture the weights the semi row starts from, then stop
         started.update({k: v.clone() for k, v in usa.segmenter_of(self.model).state_dict().items()})
         started["teacher"] = self.model.teacher
+        started["evaluate_start"] = kwargs.get("evaluate_start")
         raise Stop
 
     monkeypatch.setattr(usa.Trainer, "fit", fit)
@@ -310,10 +311,13 @@ def test_warm_start_loads_the_supervised_weights(tiny_data, tmp_path, monkeypatc
     with pytest.raises(Stop):
         usa.train_row(run, "consistency", settings=run.config.unisemalign.model_copy(update=PAPER_RECIPE))
     assert not all(torch.equal(started[k].cpu(), reference[k].cpu()) for k in reference if k.endswith("weight"))
-    assert started["teacher"] is None
+    assert started["teacher"] is None and started["evaluate_start"] is None
     with pytest.raises(Stop):
         usa.train_row(run, "consistency")  # the default: warm start, no teacher
     assert all(torch.equal(started[k].cpu(), reference[k].cpu()) for k in reference) and started["teacher"] is None
+    # the warm-start weights are validated first: they stay the row's model unless an epoch beats them
+    assert set(started["evaluate_start"](usa.segmenter_of(supervised))) == {
+        "val_mdice", "val_mjaccard", "val_dice_fg", "val_jaccard_fg"}
 
 
 def test_mean_teacher_is_an_ema_of_the_segmenter_and_makes_the_pseudo_labels(tiny_data, tmp_path):

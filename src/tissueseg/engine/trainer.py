@@ -284,11 +284,14 @@ class Trainer:
 
     def fit(self, train_set: Dataset, step: StepFn, evaluate: EvalFn | None = None, select: str = "miou",
             collate_fn: Callable | None = None,
-            on_epoch_start: Callable[[nn.Module, int], None] | None = None) -> dict[str, Any]:
+            on_epoch_start: Callable[[nn.Module, int], None] | None = None,
+            evaluate_start: EvalFn | None = None) -> dict[str, Any]:
         """Train for ``config.epochs``; returns the best validation metrics (or the last losses).
 
         The best model by ``select`` (higher is better) is kept in ``<name>_best.pt``; without
-        ``evaluate`` the final model is the best one. Rerunning resumes where it stopped.
+        ``evaluate`` the final model is the best one. ``evaluate_start`` scores the starting weights
+        (a warm start) before the first step, and they stay the best model until an epoch beats them.
+        Rerunning resumes where it stopped.
         """
         cfg = self.config
         self._step_fn = step
@@ -298,6 +301,14 @@ class Trainer:
         if epoch >= cfg.epochs:
             return best_metrics
         main = dist_utils.is_main_process()
+        if evaluate_start is not None and global_step == 0 and evaluate is not None:
+            metrics = dict(evaluate_start(unwrap(self.model)))
+            best, best_metrics = metrics.get(select), {"epoch": 0, **metrics}
+            self.log.write("epoch", stage=self.name, epoch=0, improved=True, **metrics)
+            if main:
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                self.console.print(f"{self.name} start: {shown}", markup=False)
+            self._save(0, 0, 0, best, best_metrics, new_best=True)
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,

@@ -488,18 +488,21 @@ def train_row(run: RunContext, row: str, name: str | None = None,
         keep_frozen_in_eval(segmenter_of(unwrap(net)), frozen)
         return {"loss": F.cross_entropy(net(batch["image"]).float(), batch["mask"], ignore_index=IGNORE)}
 
+    def validate(net: nn.Module) -> dict[str, float]:
+        scores = evaluate_segmenter(run, segmenter_of(net), run.splits["val"], objects=False)
+        return {f"val_{k}": float(scores[k]) for k in ("mdice", "mjaccard", "dice_fg", "jaccard_fg")}
+
     def evaluate(net: nn.Module) -> dict[str, float]:
         t = cfg.train
         epoch = epoch_now["epoch"]
         if (epoch + 1) % max(t.eval_every, 1) and epoch + 1 < t.epochs:
             return {}
-        scores = evaluate_segmenter(run, segmenter_of(net), run.splits["val"], objects=False)
-        return {f"val_{k}": float(scores[k]) for k in ("mdice", "mjaccard", "dice_fg", "jaccard_fg")}
+        return validate(net)
 
     step = supervised_step if row in ("supervised", "fully_supervised") else \
         semi_step(settings, frozen, lambda: trainer.progress)
     trainer.fit(train_set, step, evaluate=evaluate, select=f"val_{cfg.evaluation.select}",
-                on_epoch_start=on_epoch_start)
+                on_epoch_start=on_epoch_start, evaluate_start=validate if warm else None)
     return load_row(run, trainer.best_path)
 
 
