@@ -227,10 +227,11 @@ class UniSemAlignSettings(Section):
     strong_target: Literal["weak", "strong"] = "weak"  # paper: fused weak label; official code: strong's own
     fp_dropout: float = 0.5
     cutmix_prob: float = 0.5
-    # option: pseudo labels from a mean teacher, an EMA (this momentum, e.g. 0.99) of the segmenter's weights in
-    # eval mode; None (default, paper): the student's own weak pass. On EBHI-Seg (3 seeds, BENCHMARKS.md) it
-    # slowed the drift to the majority class on one seed but cost more on another, so it stays off
-    teacher_momentum: float | None = Field(default=None, ge=0, lt=1)
+    # who makes the pseudo labels: "student", the student's own weak pass (paper); "mean", a mean teacher, an EMA
+    # (``teacher_momentum``) of the segmenter's weights in eval mode; "validated", a frozen copy of the best
+    # weights on validation so far (the warm start until an epoch beats it), refreshed whenever validation improves
+    teacher: Literal["student", "mean", "validated"] = "student"
+    teacher_momentum: float = Field(default=0.99, ge=0, lt=1)
     # ours: the unlabelled rows start from the supervised-only row's best weights (trained first when the run
     # folder lacks it), so early pseudo labels come from a trained model; they are validated before the first step
     # and stay the row's model until an epoch beats them on validation. Official: from ImageNet weights

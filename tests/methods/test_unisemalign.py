@@ -301,7 +301,7 @@ def test_warm_start_loads_the_supervised_weights(tiny_data, tmp_path, monkeypatc
 
     monkeypatch.setattr(usa.Trainer, "fit", fit)
     with pytest.raises(Stop):
-        usa.train_row(run, "consistency", settings=run.config.unisemalign.model_copy(update={"teacher_momentum": 0.99}))
+        usa.train_row(run, "consistency", settings=run.config.unisemalign.model_copy(update={"teacher": "mean"}))
     reference = supervised.state_dict()
     assert all(torch.equal(started[k].cpu(), reference[k].cpu()) for k in reference)
     # the mean teacher (an option) starts as the same weights, frozen
@@ -343,7 +343,8 @@ def test_mean_teacher_is_an_ema_of_the_segmenter_and_makes_the_pseudo_labels(tin
         head = net.teacher.head
         head.weight.zero_()
         head.bias.copy_(torch.tensor([50.0] + [0.0] * (head.bias.numel() - 1)))
-    step = usa.semi_step(run.config.unisemalign.model_copy(update={"teacher_momentum": 0.0}), False, lambda: 1.0)
+    step = usa.semi_step(run.config.unisemalign.model_copy(update={"teacher": "mean", "teacher_momentum": 0.0}),
+                         False, lambda: 1.0)
     batch = {"image": torch.rand(2, 3, 32, 32), "mask": torch.zeros(2, 32, 32, dtype=torch.long),
              "weak": torch.rand(2, 3, 32, 32), "strong": torch.rand(2, 3, 32, 32),
              "box": torch.zeros(2, 32, 32, dtype=torch.bool)}
@@ -351,3 +352,24 @@ def test_mean_teacher_is_an_ema_of_the_segmenter_and_makes_the_pseudo_labels(tin
     losses = step(net, batch)
     assert losses["mask_ratio"].item() == pytest.approx(1.0)
 
+
+
+@pytest.mark.parametrize("scores, teacher_is_last", [((0.5, 0.4, 0.9), True), ((0.5, 0.4, 0.45), False)])
+def test_validated_teacher_is_refreshed_only_when_validation_improves(tiny_data, tmp_path, monkeypatch, scores,
+                                                                      teacher_is_last):
+    import tissueseg.methods.unisemalign as usa
+
+    run = make_run(tiny_data, tmp_path, train={"epochs": 2, "max_steps_per_epoch": 1})
+    supervised = usa.train_row(run, "supervised").state_dict()
+    given = iter(scores)  # the warm start, epoch 1, epoch 2
+    monkeypatch.setattr(usa, "evaluate_segmenter", lambda *a, **k: {
+        "mdice": next(given), "mjaccard": 0.0, "dice_fg": 0.0, "jaccard_fg": 0.0})
+    usa.train_row(run, "consistency", settings=run.config.unisemalign.model_copy(update={"teacher": "validated"}))
+    last = torch.load(tmp_path / "checkpoints" / "consistency_last.pt", weights_only=False)["model"]
+    teacher = {k[len("teacher."):]: v for k, v in last.items() if k.startswith("teacher.")}
+    student = {k[len("segmenter."):]: v for k, v in last.items() if k.startswith("segmenter.")}
+    assert teacher.keys() == student.keys() == supervised.keys()
+    weights = [k for k in teacher if teacher[k].dtype.is_floating_point and k.endswith("weight")]
+    assert all(torch.equal(teacher[k], student[k]) for k in weights) == teacher_is_last
+    # never beaten: the teacher is still the validated warm start
+    assert all(torch.equal(teacher[k].cpu(), supervised[k].cpu()) for k in weights) != teacher_is_last

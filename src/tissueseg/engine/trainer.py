@@ -200,6 +200,7 @@ class Trainer:
         self.log = JsonLog(self.out_dir / "log.jsonl")
         self.console = console or Console()
         self.progress = 0.0  # fraction of the training iterations done, for schedules inside a step
+        self.best: float | None = None  # best validation score so far (``select`` of fit), for ``evaluate``
         self.writer = CheckpointWriter()
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
@@ -298,12 +299,14 @@ class Trainer:
         steps = self.steps_per_epoch(train_set)
         max_iterations = steps * cfg.epochs
         epoch, skip, global_step, best, best_metrics = self._resume()
+        self.best = best
         if epoch >= cfg.epochs:
             return best_metrics
         main = dist_utils.is_main_process()
         if evaluate_start is not None and global_step == 0 and evaluate is not None:
             metrics = dict(evaluate_start(unwrap(self.model)))
             best, best_metrics = metrics.get(select), {"epoch": 0, **metrics}
+            self.best = best
             self.log.write("epoch", stage=self.name, epoch=0, improved=True, **metrics)
             if main:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
@@ -349,7 +352,7 @@ class Trainer:
                     metrics = dict(evaluate(unwrap(self.model))) if evaluate is not None else {}
                     improved = evaluate is None or best is None or metrics.get(select, -math.inf) > best
                     if improved:
-                        best = metrics.get(select) if evaluate is not None else None
+                        best = self.best = metrics.get(select) if evaluate is not None else None
                         best_metrics = {"epoch": epoch + 1, **metrics,
                                         **{f"train_{k}": v for k, v in epoch_losses.items()}}
                     self.log.write("epoch", stage=self.name, epoch=epoch + 1, improved=improved,

@@ -408,7 +408,7 @@ def semi_space(run: RunContext) -> LabelSpace:
 
 def semi_step(settings: UniSemAlignSettings, frozen: bool, progress: Callable[[], float]) -> StepFn:
     """One UniSemAlign step: weak/strong/feature-perturbed passes, every loss, and the EMA threshold update;
-    with a mean teacher on the net, it is updated first and its weak-view logits make the pseudo labels.
+    with a teacher on the net, its weak-view logits make the pseudo labels (a mean teacher is updated first).
 
     ``progress()`` is the fraction of training done (for the ramp-up); ``frozen`` keeps a frozen
     encoder's BatchNorm in eval mode.
@@ -416,11 +416,12 @@ def semi_step(settings: UniSemAlignSettings, frozen: bool, progress: Callable[[]
     def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         inner = unwrap(net)
         keep_frozen_in_eval(inner.segmenter, frozen)
-        if inner.teacher is not None:
+        if inner.teacher is not None and settings.teacher == "mean":
             inner.update_teacher(settings.teacher_momentum)
         strong = cutmix(batch["strong"], batch["box"].bool())
         out = net(batch["image"], batch["weak"], strong)
         if inner.teacher is not None:  # the weak logits only make targets: the teacher's replace them
+            inner.teacher.eval()  # whatever mode net.train() left it in
             with torch.no_grad():
                 out["weak"] = inner.teacher(batch["weak"])
         losses, threshold = unisemalign_losses(out, batch, inner.threshold, settings, progress())
@@ -437,7 +438,8 @@ def train_row(run: RunContext, row: str, name: str | None = None,
     (as many iterations as the semi-supervised rows). ``consistency``: the weak/strong pipeline
     without prototype and text branches. ``unisemalign``: everything (``settings`` for ablations). With
     ``settings.warm_start`` both start from the ``supervised`` row's best weights (trained first if missing);
-    with ``settings.teacher_momentum`` their pseudo labels come from a mean teacher of the segmenter.
+    with ``settings.teacher`` "mean" / "validated" their pseudo labels come from a mean teacher of the segmenter
+    or from its best weights on validation so far.
     """
     if row not in ROWS:
         raise ValueError(f"unknown row {row!r} (fix: one of {', '.join(ROWS)})")
@@ -466,7 +468,7 @@ def train_row(run: RunContext, row: str, name: str | None = None,
         if not supervised.exists():
             train_row(run, "supervised")
         load_best(segmenter_of(model), supervised, run.device)
-    if row in ("consistency", "unisemalign") and settings.teacher_momentum is not None:
+    if row in ("consistency", "unisemalign") and settings.teacher != "student":
         model.start_teacher()
     log = JsonLog(run.out_dir / "log.jsonl")
     text = getattr(model, "text", None)
@@ -492,16 +494,22 @@ def train_row(run: RunContext, row: str, name: str | None = None,
         scores = evaluate_segmenter(run, segmenter_of(net), run.splits["val"], objects=False)
         return {f"val_{k}": float(scores[k]) for k in ("mdice", "mjaccard", "dice_fg", "jaccard_fg")}
 
+    select = f"val_{cfg.evaluation.select}"
+
     def evaluate(net: nn.Module) -> dict[str, float]:
         t = cfg.train
         epoch = epoch_now["epoch"]
         if (epoch + 1) % max(t.eval_every, 1) and epoch + 1 < t.epochs:
             return {}
-        return validate(net)
+        metrics = validate(net)
+        if getattr(net, "teacher", None) is not None and settings.teacher == "validated" and (
+                trainer.best is None or metrics[select] > trainer.best):
+            net.update_teacher(0.0)  # the new best weights make the pseudo labels from now on
+        return metrics
 
     step = supervised_step if row in ("supervised", "fully_supervised") else \
         semi_step(settings, frozen, lambda: trainer.progress)
-    trainer.fit(train_set, step, evaluate=evaluate, select=f"val_{cfg.evaluation.select}",
+    trainer.fit(train_set, step, evaluate=evaluate, select=select,
                 on_epoch_start=on_epoch_start, evaluate_start=validate if warm else None)
     return load_row(run, trainer.best_path)
 
