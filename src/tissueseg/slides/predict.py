@@ -368,9 +368,9 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
         store = ChunkStore(work, grid.width, grid.height, grid.chunk)
 
         def finalize(c: tuple[int, int]) -> None:
-            probs, weight = acc.finish()
-            cmap = argmax_classes(probs).masked_fill_(weight <= 0, NO_TISSUE).cpu().numpy()
-            del probs, weight
+            sums, weight = acc.finish(normalize=False)  # argmax of the weighted sums = of their mean
+            cmap = argmax_classes(sums).masked_fill_(weight <= 0, NO_TISSUE).cpu().numpy()
+            del sums, weight
             if mask_glass:
                 y0, y1, x0, x1 = grid.chunk_bounds(c)
                 cmap[~tissue.pixel_mask(x0 * s, y0 * s, x1 - x0, y1 - y0, s)] = NO_TISSUE
