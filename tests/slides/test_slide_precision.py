@@ -142,3 +142,24 @@ def test_fold_batch_norms_keeps_the_outputs_and_skips_custom_sequentials():
         after = model.body(x)
     assert isinstance(model.body[1], nn.Identity) and isinstance(model.extra[1], nn.BatchNorm2d)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("flag, amp", [([], True), (["--no-amp"], False), (["--amp"], True)])
+def test_cli_amp_flag_reaches_the_prediction_options(monkeypatch, tmp_path, flag, amp):
+    from typer.testing import CliRunner
+
+    import tissueseg.slides.predict as predict_mod
+    from tissueseg.cli import app
+
+    seen = []
+
+    def fake_predict_slides(model, inputs, out, options, **kw):
+        seen.append(options)
+        return predict_mod.BatchResult()
+
+    monkeypatch.setattr(predict_mod, "predict_slides", fake_predict_slides)
+    (tmp_path / "model.pt").write_bytes(b"")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "model.pt"), str(tmp_path), "--out",
+                                      str(tmp_path / "out"), *flag])
+    assert result.exit_code == 0, result.output
+    assert [o.amp for o in seen] == [amp]
