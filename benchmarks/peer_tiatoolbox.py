@@ -354,9 +354,10 @@ def main() -> None:
                               "--ours", runs["tissueseg"]["classmap"], "--theirs", runs["tia"]["classmap"]], env)
         rows.append({"slide": slide.name, "mpx": width * height / 1e6, "runs": runs, "agreement": agree["agreement"]})
 
+    precision = rows[0]["runs"]["tissueseg"]["precision"] if rows else "?"
     print(f"\nnetwork: torchvision LRASPP-MobileNetV3 (random weights) + nearest-stain head, 5 classes; tile "
           f"{args.tile}, stride {args.tile - args.overlap}, batch {args.batch_size}, {args.workers} loader worker(s), "
-          f"{args.threads} torch thread(s), CPU; tissueseg {rows[0]['runs']['tissueseg']['precision'] if rows else '?'}, "
+          f"{args.threads} torch thread(s), CPU; tissueseg {precision}, "
           f"TIAToolbox fp32; {platform.machine()}, {os.cpu_count()} CPUs; "
           f"torch {torch.__version__} (tissueseg) / TIAToolbox {TIA_VERSION}\n")
     print("| slide | tool | seconds | TIAToolbox s / tissueseg s | slide Mpx/s | tiles/s | of model-only | "

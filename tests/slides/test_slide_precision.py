@@ -49,8 +49,8 @@ class RecordingNet(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.body(images)
-        self.seen.append({"autocast": torch.is_autocast_enabled("cpu"), "autocast_dtype": torch.get_autocast_dtype("cpu"),
-                          "logits_dtype": logits.dtype,
+        self.seen.append({"autocast": torch.is_autocast_enabled("cpu"),
+                          "autocast_dtype": torch.get_autocast_dtype("cpu"), "logits_dtype": logits.dtype,
                           "weights_channels_last": self.body[0].weight.is_contiguous(memory_format=torch.channels_last),
                           "batch_norms": sum(isinstance(m, nn.BatchNorm2d) for m in self.modules())})
         return logits.float().softmax(1)
@@ -58,7 +58,8 @@ class RecordingNet(nn.Module):
 
 def test_cpu_amx_detection_is_a_bool_and_matches_torch():
     caps = torch.cpu.get_capabilities()
-    assert cpu_has_amx_bf16() is bool(caps.get("amx_bf16") and caps.get("amx_tile") and torch.backends.mkldnn.is_available())
+    expected = bool(caps.get("amx_bf16") and caps.get("amx_tile") and torch.backends.mkldnn.is_available())
+    assert cpu_has_amx_bf16() is expected
 
 
 def test_inference_dtype_bf16_only_with_amp_on_cuda_or_amx_cpu(amx):

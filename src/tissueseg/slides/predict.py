@@ -339,7 +339,8 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
         precision = "bf16" if inference_dtype(device, options.amp) == torch.bfloat16 else "fp32"
         state = {"version": STATE_VERSION, "slide": _file_id(path),
                  "model": model_id or model_fingerprint(predictor), "grid": asdict(grid), "scale": geom.scale,
-                 "flip": options.flip, "precision": precision, "tissue_detection": options.tissue_detection, "mask_glass": mask_glass,
+                 "flip": options.flip, "precision": precision, "tissue_detection": options.tissue_detection,
+                 "mask_glass": mask_glass,
                  "mask_size": options.mask_size, "reader": options.reader}
         _prepare_work(work, state)
 
@@ -462,7 +463,8 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
             "overlap": overlap, "tiles_total": int(len(all_tiles)), "tiles_tissue": int(len(tiles)),
             "tiles_this_run": int(len(todo)), "chunks": rows * cols, "chunks_resumed": len(done),
             "geojson": {**geojson, "tolerance_level0_px": round(tolerance, 3), "traced_at_downsample": factor * s},
-            "flip": options.flip, "precision": precision, "mask_glass": mask_glass, "device": str(device), "method": meta.method,
+            "flip": options.flip, "precision": precision, "mask_glass": mask_glass, "device": str(device),
+            "method": meta.method,
             "classes": names, "model": state["model"], "notes": geom.notes,
             "seconds": {"setup": round(t_predict - t0, 3), "predict": round(t_write - t_predict, 3),
                         "outputs": round(t_end - t_write, 3), "total": round(t_end - t0, 3)},
