@@ -255,9 +255,10 @@ def argmax_classes(probs: torch.Tensor) -> torch.Tensor:
 
 def fold_batch_norms(module: torch.nn.Module) -> int:
     """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` inside a plain
-    ``nn.Sequential`` (torchvision's and timm's conv-norm-activation blocks) into the convolution, in
-    place; the norm becomes ``nn.Identity``. Returns how many were folded. Only plain Sequentials are
-    touched (a subclass with its own ``forward`` may not run its children in order)."""
+    ``nn.Sequential`` (torchvision's conv-norm-activation blocks, the DeepLabV3+ decoder's
+    ``conv_bn_relu``) into the convolution, in place; the norm becomes ``nn.Identity``. Returns how
+    many were folded. Only plain Sequentials and exact ``Conv2d`` are touched (a subclass with its
+    own ``forward`` may not run its children in order, or pad differently)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     folded = 0
