@@ -22,6 +22,11 @@ The two class maps must agree up to blending (tissueseg tapers tile weights line
 overlap, TIAToolbox averages them uniformly): the agreement column is the share of pixels both
 analysed on which they give the same class.
 
+Precision: tissueseg predicts with its defaults (``amp`` on: bf16 autocast, channels_last weights and
+batch norms folded into the convolutions on CPUs with AMX, fp32 on other CPUs; ``--no-amp``: fp32);
+TIAToolbox runs the network as given, in fp32 (it has no precision option; a user could put
+autocast into their model's ``infer_batch``). Model-only rates are reported for both precisions.
+
 TIAToolbox 2.1.3 pins ``torch < 2.13``, so it lives in its own venv: pass its interpreter with
 ``--tia-python``, or let the script create ``--tia-venv`` (``python3 -m venv`` + ``pip install
 tiatoolbox``, a few minutes). That venv's torch and torchvision build the same LRASPP from the
@@ -35,6 +40,7 @@ weights file this script writes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -82,14 +88,18 @@ def load_network(weights: Path) -> ColourLRASPP:
 
 
 @torch.inference_mode()
-def model_only_tiles_per_second(net: nn.Module, tile: int, batch_size: int, batches: int = 6) -> float:
+def model_only_tiles_per_second(net: nn.Module, tile: int, batch_size: int, batches: int = 6,
+                                context=contextlib.nullcontext) -> float:
     """The network alone on random batches in memory (its cost does not depend on the pixels), after one
-    warm-up batch: the ceiling of either pipeline."""
+    warm-up batch, each batch under ``context()`` (tissueseg: its inference autocast): the ceiling of
+    either pipeline."""
     x = torch.rand(batch_size, 3, tile, tile)
-    net(x)
+    with context():
+        net(x)
     t0 = time.perf_counter()
     for _ in range(batches):
-        net(x)
+        with context():
+            net(x)
     return batches * batch_size / (time.perf_counter() - t0)
 
 
@@ -143,18 +153,23 @@ def tia_child(args) -> dict:
 def tissueseg_child(args) -> dict:
     """:func:`predict_slide` on one slide → ``<out>/classmap.tif`` and the other outputs."""
     from tissueseg.models.bundle import ModelMeta
-    from tissueseg.slides.predict import PredictOptions, predict_slide
+    from tissueseg.models.device import inference_autocast
+    from tissueseg.slides.predict import PredictOptions, inference_model, predict_slide
 
     net = load_network(args.weights)
-    model_only = model_only_tiles_per_second(net, args.tile, args.batch_size)
+    cpu, amp = torch.device("cpu"), not args.no_amp
+    model_only_fp32 = model_only_tiles_per_second(net, args.tile, args.batch_size)
+    model_only = model_only_tiles_per_second(inference_model(net, cpu, amp), args.tile, args.batch_size,
+                                             context=lambda: inference_autocast(cpu, amp))
     net.meta = ModelMeta(method="peer", classes=CLASSES, palette=PROTOTYPES, label_to_mask=list(range(len(CLASSES))),
                          background_index=len(CLASSES) - 1, window=args.tile)
     options = PredictOptions(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                             workers=args.workers, device="cpu", overwrite=True)
+                             workers=args.workers, device="cpu", overwrite=True, amp=amp)
     t0 = time.perf_counter()
     summary = predict_slide(net, args.slide, args.out, options)
     return {"seconds": time.perf_counter() - t0, "classmap": str(Path(args.out) / "classmap.tif"),
-            "model_only_tiles_s": model_only, "tiles": summary["tiles_this_run"], "stages": summary["seconds"]}
+            "model_only_tiles_s": model_only, "model_only_fp32_tiles_s": model_only_fp32,
+            "tiles": summary["tiles_this_run"], "stages": summary["seconds"], "precision": summary["precision"]}
 
 
 def child(args) -> None:
@@ -288,6 +303,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of both tools")
     parser.add_argument("--repeat", type=int, default=2, help="runs per tool and slide; the faster one is reported")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="tissueseg in fp32 (default: its amp setting, bf16 + channels_last on CPUs with AMX)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tissueseg-peer-bench")
     parser.add_argument("--child", choices=["tia", "tissueseg", "agree"], help=argparse.SUPPRESS)
     for name in ("slide", "out", "weights", "mask", "ours", "theirs"):
@@ -318,7 +335,8 @@ def main() -> None:
         slides.append(svs)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     common = ["--weights", str(weights), "--tile", str(args.tile), "--overlap", str(args.overlap),
-              "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--threads", str(args.threads)]
+              "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--threads", str(args.threads),
+              *(["--no-amp"] if args.no_amp else [])]
     rows = []
     for slide in slides:
         mask = args.workdir / f"{slide.stem}_mask.png"
@@ -336,9 +354,11 @@ def main() -> None:
                               "--ours", runs["tissueseg"]["classmap"], "--theirs", runs["tia"]["classmap"]], env)
         rows.append({"slide": slide.name, "mpx": width * height / 1e6, "runs": runs, "agreement": agree["agreement"]})
 
+    precision = rows[0]["runs"]["tissueseg"]["precision"] if rows else "?"
     print(f"\nnetwork: torchvision LRASPP-MobileNetV3 (random weights) + nearest-stain head, 5 classes; tile "
           f"{args.tile}, stride {args.tile - args.overlap}, batch {args.batch_size}, {args.workers} loader worker(s), "
-          f"{args.threads} torch thread(s), CPU; {platform.machine()}, {os.cpu_count()} CPUs; "
+          f"{args.threads} torch thread(s), CPU; tissueseg {precision}, "
+          f"TIAToolbox fp32; {platform.machine()}, {os.cpu_count()} CPUs; "
           f"torch {torch.__version__} (tissueseg) / TIAToolbox {TIA_VERSION}\n")
     print("| slide | tool | seconds | TIAToolbox s / tissueseg s | slide Mpx/s | tiles/s | of model-only | "
           "peak RSS incl. workers (MiB) | class maps agree |")
@@ -356,8 +376,10 @@ def main() -> None:
         stages = r["runs"]["tissueseg"]["stages"]
         print(f"\n{r['slide']}: tissueseg setup {stages['setup']:.1f} s, predict + blend {stages['predict']:.1f} s, "
               f"outputs {stages['outputs']:.1f} s; tiles {r['runs']['tissueseg']['tiles']} (tissueseg) / "
-              f"{r['runs']['tia']['tiles']} (TIAToolbox); model-only tiles/s {r['runs']['tissueseg']['model_only_tiles_s']:.1f} "
-              f"(tissueseg's torch) / {r['runs']['tia']['model_only_tiles_s']:.1f} (TIAToolbox's torch)")
+              f"{r['runs']['tia']['tiles']} (TIAToolbox); model-only tiles/s "
+              f"{r['runs']['tissueseg']['model_only_tiles_s']:.1f} (tissueseg, {r['runs']['tissueseg']['precision']}; "
+              f"fp32: {r['runs']['tissueseg']['model_only_fp32_tiles_s']:.1f}) / "
+              f"{r['runs']['tia']['model_only_tiles_s']:.1f} (TIAToolbox, fp32)")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,28 @@ def test_smooth_function_of_position_is_reproduced_across_tile_and_chunk_borders
     assert np.abs(out - expected).max() < 1e-5
 
 
+def test_unnormalized_finish_gives_the_weighted_sums_and_the_reused_canvas_starts_clean(tmp_path):
+    """finish(normalize=False) = the blended mean × the weight; the canvas buffer is reused across chunks of
+    different sizes (edge chunks are smaller) without leftovers of the previous chunk."""
+    grid = TileGrid.create(700, 500, 128, 48, chunk_target=256)
+    window = blend_window(grid.tile, grid.overlap)
+    acc = BlendAccumulator(grid, 3, tmp_path, window)
+    expected, _ = blend_everything(grid, smooth, 3, tmp_path / "ref")
+    buffers = set()
+    for c in grid.chunks():
+        own = np.array([t for t in grid.tiles() if grid.chunk_of(*t) == c], dtype=np.int64).reshape(-1, 2)
+        acc.begin(c, own)
+        buffers.add(acc._buffer.data_ptr())
+        for y, x in own:
+            acc.add(int(y), int(x), smooth(int(y), int(x), grid.tile) * window)
+        sums, w = acc.finish(normalize=False)
+        y0, y1, x0, x1 = grid.chunk_bounds(c)
+        assert sums.shape == (3, y1 - y0, x1 - x0) and (w > 0).all()
+        np.testing.assert_allclose((sums / w).numpy(), expected[:, y0:y1, x0:x1], atol=1e-5)
+        acc.release(c)
+    assert len(buffers) == 1
+
+
 def test_tile_relative_artefacts_leave_no_seams(tmp_path):
     """A model whose output drifts across its tile (0 at the top-left, 1 at the bottom-right): blending makes the
     result continuous, tiling without overlap leaves steps at every tile border."""
@@ -109,7 +131,8 @@ def test_pipeline_reproduces_whole_image_prediction_without_seams(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "gradient.png")
     model = PixelPredictor(tile_size=96)
     predict_slide(model, tmp_path / "gradient.png", tmp_path / "out",
-                  PredictOptions(workers=0, batch_size=8, chunk_size=200, tissue_detection=False))
+                  PredictOptions(workers=0, batch_size=8, chunk_size=200, tissue_detection=False,
+                                 amp=False))  # fp32 like `expected`: this test is about blending
     import tifffile
 
     got = tifffile.imread(tmp_path / "out" / "classmap.tif", level=0)

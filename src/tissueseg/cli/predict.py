@@ -29,6 +29,10 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (torchrun: each rank its own GPU).")]
     = "auto",
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Flip test-time augmentation.")] = False,
+    amp: Annotated[bool, typer.Option(
+        "--amp/--no-amp",
+        help="bf16 autocast + channels_last where it is faster: CUDA, and CPUs with AMX (Intel Sapphire Rapids "
+             "and later); fp32 on other CPUs. --no-amp: fp32 everywhere.")] = True,
     tissue: Annotated[bool, typer.Option("--tissue/--no-tissue",
                                          help="Detect tissue and skip glass (off: predict every tile).")] = True,
     mask_glass: Annotated[bool | None, typer.Option(
@@ -55,7 +59,7 @@ def predict(
 
     rank, world, _ = distributed_env()
     options = PredictOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, workers=workers,
-                             device=device, flip=flip, slide_mpp=mpp, target_mpp=target_mpp,
+                             device=device, flip=flip, amp=amp, slide_mpp=mpp, target_mpp=target_mpp,
                              tissue_detection=tissue, mask_glass=mask_glass, reader=reader, overwrite=overwrite,
                              polygon_tolerance=polygon_tolerance)
     if world > 1:

@@ -258,8 +258,9 @@ def write_area_csv(path: str | os.PathLike, table: dict) -> Path:
 # --- pictures and report -----------------------------------------------------------------------------
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """A PNG at zlib level 3: half the encoding time of the default 6 for ~10 % more bytes (thumbnails)."""
     with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG", compress_level=3)
     return Path(path)
 
 

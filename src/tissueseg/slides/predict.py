@@ -6,7 +6,8 @@ Per slide (:func:`predict_slide`):
    resolution*: the model's training MPP (``ModelMeta.mpp``, or ``target_mpp``) read from the best
    pyramid level and resampled; without an MPP on either side, level 0 as is;
 2. detect tissue on a thumbnail (Otsu on saturation) so tiles of bare glass are skipped;
-3. predict overlapping tiles in batches (bf16 autocast on CUDA, optional flip TTA; the model's
+3. predict overlapping tiles in batches (optional flip TTA; ``amp``: bf16 autocast and channels_last on
+   CUDA and on CPUs with AMX, fp32 elsewhere — :func:`inference_model`; the model's
    classification gate and white-background detection are applied by ``TissuePredictor``) while
    DataLoader workers read the next tiles;
 4. blend the tiles chunk by chunk (:mod:`tissueseg.slides.tiling`): each finished chunk's class
@@ -41,7 +42,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from tissueseg.data.io import write_json
-from tissueseg.models.device import autocast, resolve_device
+from tissueseg.models.device import inference_autocast, inference_dtype, resolve_device
 from tissueseg.slides.annotations import class_geometries, write_geojson
 from tissueseg.slides.outputs import (NO_TISSUE, ChunkStore, area_table, downsampled_map, overlay_image,
                                       palette_colormap, write_area_csv, write_image, write_pyramidal_tiff,
@@ -68,7 +69,7 @@ class PredictOptions:
     workers: int = 2  # DataLoader worker processes reading tiles ahead
     device: str = "auto"
     flip: bool = False  # average with the horizontally flipped prediction
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = True  # bf16 autocast + channels_last on CUDA and on CPUs with AMX (else, or False: fp32)
     slide_mpp: float | None = None  # level-0 µm/px of the slide, overriding its metadata
     target_mpp: float | None = None  # µm/px to predict at, overriding the model's training MPP
     tissue_detection: bool = True
@@ -252,6 +253,47 @@ def argmax_classes(probs: torch.Tensor) -> torch.Tensor:
     return index
 
 
+def fold_batch_norms(module: torch.nn.Module) -> int:
+    """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` inside a plain
+    ``nn.Sequential`` (torchvision's conv-norm-activation blocks, the DeepLabV3+ decoder's
+    ``conv_bn_relu``) into the convolution, in place; the norm becomes ``nn.Identity``. Returns how
+    many were folded. Only plain Sequentials and exact ``Conv2d`` are touched (a subclass with its
+    own ``forward`` may not run its children in order, or pad differently)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for seq in module.modules():
+        if not isinstance(seq, torch.nn.Sequential) or type(seq).forward is not torch.nn.Sequential.forward:
+            continue
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, norm = seq._modules[a], seq._modules[b]
+            if (type(conv) is torch.nn.Conv2d and type(norm) is torch.nn.BatchNorm2d and not norm.training
+                    and not conv.training and norm.track_running_stats and norm.running_mean is not None):
+                seq._modules[a] = fuse_conv_bn_eval(conv, norm)
+                seq._modules[b] = torch.nn.Identity()
+                folded += 1
+    return folded
+
+
+def inference_model(predictor: torch.nn.Module, device: torch.device, amp: bool) -> torch.nn.Module:
+    """The module the tiles run through. Where prediction runs in bf16 (``amp`` on CUDA, or on a CPU with
+    AMX: :func:`tissueseg.models.device.inference_dtype`), a copy of ``predictor`` with batch norms folded
+    into their convolutions and weights in channels_last (the layout oneDNN's and cuDNN's bf16 kernels
+    are fastest in); ``predictor`` itself is left as it is. In fp32 (``amp`` off, or a CPU without AMX)
+    ``predictor`` unchanged."""
+    if inference_dtype(device, amp) != torch.bfloat16:
+        return predictor
+    try:
+        import copy
+
+        fast = copy.deepcopy(predictor)
+    except Exception:  # noqa: BLE001 - an uncopyable module still runs, only without the folding
+        return predictor
+    fold_batch_norms(fast)
+    return fast.to(memory_format=torch.channels_last)
+
+
 @torch.inference_mode()
 def _infer(predictor: torch.nn.Module, images: torch.Tensor, device: torch.device, flip: bool, amp: bool,
            window: torch.Tensor) -> torch.Tensor:
@@ -259,7 +301,9 @@ def _infer(predictor: torch.nn.Module, images: torch.Tensor, device: torch.devic
     x = images.to(device, non_blocking=True).float().div_(255.0)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(device, amp):
+    # on CPU the input stays contiguous: the first convolution's channels_last weights (inference_model) make
+    # its output channels_last anyway, and elementwise work a model does on its input is faster contiguous
+    with inference_autocast(device, amp):
         p = predictor(x).float()
         if flip:
             p = p.add_(predictor(x.flip(-1)).float().flip(-1)).mul_(0.5)
@@ -293,9 +337,11 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
         grid = TileGrid.create(geom.width, geom.height, tile, overlap, options.chunk_size)
         mask_glass = options.mask_glass if options.mask_glass is not None else meta.background_index is None
         work = out_dir / WORK_DIR
+        precision = "bf16" if inference_dtype(device, options.amp) == torch.bfloat16 else "fp32"
         state = {"version": STATE_VERSION, "slide": _file_id(path),
                  "model": model_id or model_fingerprint(predictor), "grid": asdict(grid), "scale": geom.scale,
-                 "flip": options.flip, "tissue_detection": options.tissue_detection, "mask_glass": mask_glass,
+                 "flip": options.flip, "precision": precision, "tissue_detection": options.tissue_detection,
+                 "mask_glass": mask_glass,
                  "mask_size": options.mask_size, "reader": options.reader}
         _prepare_work(work, state)
 
@@ -317,15 +363,16 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
 
         # -- predict and blend chunk by chunk ---------------------------------------------------------
         t_predict = time.perf_counter()
+        model = inference_model(predictor, device, options.amp)
         window = blend_window(tile, overlap)
         window_t = torch.from_numpy(window).to(device)
         acc = BlendAccumulator(grid, num_classes, work, window, device)
         store = ChunkStore(work, grid.width, grid.height, grid.chunk)
 
         def finalize(c: tuple[int, int]) -> None:
-            probs, weight = acc.finish()
-            cmap = argmax_classes(probs).masked_fill_(weight <= 0, NO_TISSUE).cpu().numpy()
-            del probs, weight
+            sums, weight = acc.finish(normalize=False)  # argmax of the weighted sums = of their mean
+            cmap = argmax_classes(sums).masked_fill_(weight <= 0, NO_TISSUE).cpu().numpy()
+            del sums, weight
             if mask_glass:
                 y0, y1, x0, x1 = grid.chunk_bounds(c)
                 cmap[~tissue.pixel_mask(x0 * s, y0 * s, x1 - x0, y1 - y0, s)] = NO_TISSUE
@@ -364,7 +411,7 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
                                 pin_memory=device.type == "cuda",
                                 prefetch_factor=4 if workers else None, persistent_workers=False)
             for images, index in loader:
-                weighted = _infer(predictor, images, device, options.flip, options.amp, window_t)
+                weighted = _infer(model, images, device, options.flip, options.amp, window_t)
                 for b, i in enumerate(index.tolist()):
                     y, x = int(todo[i, 0]), int(todo[i, 1])
                     c = grid.chunk_of(y, x)
@@ -417,7 +464,8 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
             "overlap": overlap, "tiles_total": int(len(all_tiles)), "tiles_tissue": int(len(tiles)),
             "tiles_this_run": int(len(todo)), "chunks": rows * cols, "chunks_resumed": len(done),
             "geojson": {**geojson, "tolerance_level0_px": round(tolerance, 3), "traced_at_downsample": factor * s},
-            "flip": options.flip, "mask_glass": mask_glass, "device": str(device), "method": meta.method,
+            "flip": options.flip, "precision": precision, "mask_glass": mask_glass, "device": str(device),
+            "method": meta.method,
             "classes": names, "model": state["model"], "notes": geom.notes,
             "seconds": {"setup": round(t_predict - t0, 3), "predict": round(t_write - t_predict, 3),
                         "outputs": round(t_end - t_write, 3), "total": round(t_end - t0, 3)},
