@@ -225,6 +225,9 @@ class UniSemAlignSettings(Section):
     threshold_init: float = 0.7
     threshold_momentum: float = 0.999
     strong_target: Literal["weak", "strong"] = "weak"  # paper: fused weak label; official code: strong's own
+    # ours, option: "prediction" weights the kept pseudo-labelled pixels so each class counts as often as it is
+    # predicted, not as often as it is confident (:func:`prediction_balanced_weights`); "none": the paper
+    pseudo_label_balance: Literal["none", "prediction"] = "none"
     fp_dropout: float = 0.5
     cutmix_prob: float = 0.5
     # who makes the pseudo labels: "student", the student's own weak pass (paper); "mean", a mean teacher, an EMA

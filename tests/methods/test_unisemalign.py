@@ -373,3 +373,22 @@ def test_validated_teacher_is_refreshed_only_when_validation_improves(tiny_data,
     assert all(torch.equal(teacher[k], student[k]) for k in weights) == teacher_is_last
     # never beaten: the teacher is still the validated warm start
     assert all(torch.equal(teacher[k].cpu(), supervised[k].cpu()) for k in weights) != teacher_is_last
+
+
+def test_prediction_balanced_weights_hand_computed():
+    from tissueseg.methods.unisemalign import prediction_balanced_weights
+
+    label = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])
+    keep = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    valid = torch.ones_like(keep)
+    # class 0: predicted 3/8, kept 3/4 -> 0.5; class 1: predicted 5/8, kept 1/4 -> 2.5; total stays 4
+    w = prediction_balanced_weights(label, keep, valid, 2)
+    assert torch.allclose(w, torch.tensor([[0.5, 0.5, 0.5, 2.5, 0, 0, 0, 0]]))
+    # an invalid pixel does not count as predicted; the cap bounds a class that is rarely kept
+    valid[0, 7] = False
+    keep = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 1]], dtype=torch.bool) & valid
+    w = prediction_balanced_weights(label, keep, valid, 2, max_ratio=5.0)
+    assert torch.allclose(w, torch.tensor([[3 / 7, 3 / 7, 3 / 7, 0, 0, 0, 0, 0]]))
+    w = prediction_balanced_weights(label, torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool), valid, 2,
+                                    max_ratio=1.5)
+    assert w[0, 3].item() == pytest.approx(1.5)

@@ -156,6 +156,23 @@ def kl_consistency(strong_logits: torch.Tensor, weak_probs: torch.Tensor, keep: 
     return (kl * keep).sum() / clamped_count(n_valid)
 
 
+def prediction_balanced_weights(label: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor, num_classes: int,
+                                max_ratio: float = 5.0) -> torch.Tensor:
+    """Pixel weights ``keep · r[label]`` with r_c = (share of class c among the valid pixels' pseudo labels) /
+    (its share among the kept, confident ones), capped at ``max_ratio``.
+
+    The kept pixels then count as if every class passed the confidence threshold as often as it is
+    predicted, so a class the model is more confident about (not more often right about) does not take
+    over the unlabelled loss; the total weight stays that of the kept pixels. One scatter, no host sync.
+    """
+    flat = label.flatten()
+    predicted = torch.zeros(num_classes, device=label.device).scatter_add_(0, flat, valid.flatten().float())
+    kept = torch.zeros(num_classes, device=label.device).scatter_add_(0, flat, keep.flatten().float())
+    ratio = (predicted / predicted.sum().clamp_min(1)) / (kept / kept.sum().clamp_min(1)).clamp_min(1e-6)
+    ratio = torch.where(kept > 0, ratio.clamp_max(max_ratio), torch.zeros_like(ratio))
+    return keep.float() * ratio[label]
+
+
 def labelled_losses(out: dict, mask: torch.Tensor, settings: UniSemAlignSettings) -> dict[str, torch.Tensor]:
     """CE of the decoder, the prototype and the text logits on the labels, and the alignment MSE."""
     losses = {"loss_x": F.cross_entropy(out["labelled"].float(), mask, ignore_index=IGNORE)}
@@ -225,6 +242,11 @@ def unisemalign_losses(out: dict, batch: dict, threshold: torch.Tensor, settings
         else:
             target_s, keep_s = label_mix, keep_mix
         keep_w = (conf_w >= cut) & valid
+        if s.pseudo_label_balance == "prediction":
+            k = out["weak"].shape[1]
+            keep_s = prediction_balanced_weights(target_s, keep_s, valid_mix, k)
+            keep_mix = prediction_balanced_weights(label_mix, keep_mix, valid_mix, k)
+            keep_w = prediction_balanced_weights(label_w, keep_w, valid, k)
     losses["loss_strong"] = masked_cross_entropy(out["strong"], target_s, keep_s, valid_mix.sum())
     losses["loss_kl"] = kl_consistency(out["strong"], probs_mix, keep_mix, valid_mix.sum())
     losses["loss_fp"] = masked_cross_entropy(out["weak_fp"], label_w, keep_w, valid.sum())
@@ -234,7 +256,7 @@ def unisemalign_losses(out: dict, batch: dict, threshold: torch.Tensor, settings
                "loss_align": s.align_weight}
     total = sum(weights[k] * v for k, v in losses.items()) / 2.0
     stats = {"threshold": threshold.detach().clone(),
-             "mask_ratio": keep_w.float().sum().detach() / valid.sum().clamp_min(1)}
+             "mask_ratio": (keep_w > 0).float().sum().detach() / valid.sum().clamp_min(1)}
     return {"loss": total, **losses, **stats}, threshold
 
 
