@@ -146,3 +146,24 @@ def test_macenko_transform_and_factories():
     assert any(isinstance(s, MacenkoNormalize) for s in build_train_transforms(16, macenko=True).transforms)
     with pytest.raises(ValueError, match="square"):
         build_train_transforms((16, 24))
+
+
+def test_crop_scaled_crop_keeps_the_pixel_scale_and_equals_torchvision_on_crop_sized_images():
+    from tissueseg.data.transforms import CropScaledResizedCrop
+
+    rng = np.random.default_rng(0)
+    tile = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+    plain = build_train_transforms(32, color_jitter=0.0, hed_sigma=0.0)
+    scaled = build_train_transforms(32, color_jitter=0.0, hed_sigma=0.0, scale_of="crop")
+    torch.manual_seed(5)
+    a, _ = apply_pair(plain, tile, np.zeros((32, 32), np.uint8))
+    torch.manual_seed(5)
+    b, _ = apply_pair(scaled, tile, np.zeros((32, 32), np.uint8))
+    assert torch.equal(a, b)  # an image of the crop's size: torchvision's crop exactly
+    crop = CropScaledResizedCrop(32, scale=(0.5, 1.0))
+    big = [tv_tensors.Image(torch.zeros(3, 120, 200))]
+    areas = [p["height"] * p["width"] / 32 ** 2 for p in (crop.make_params(big) for _ in range(100))]
+    assert 0.45 <= min(areas) and max(areas) <= 1.1  # of the crop's area, not of the 120×200 image
+    assert crop.scale == (0.5, 1.0)
+    with pytest.raises(ValueError, match="scale_of"):
+        build_train_transforms(32, scale_of="tile")

@@ -101,6 +101,27 @@ class MacenkoNormalize(v2.Transform):
         return tv_tensors.wrap(y if x.dtype == torch.uint8 else (y / 255.0).to(x.dtype), like=inpt)
 
 
+class CropScaledResizedCrop(v2.RandomResizedCrop):
+    """Random resized crop whose ``scale`` is the crop's area relative to the *output* size, not to the image.
+
+    On an image of the output size it is :class:`~torchvision.transforms.v2.RandomResizedCrop` exactly (same
+    random draws); on a larger image (GlaS, 775×522) the crop keeps the pixel scale of evaluation on the whole
+    image (zoom 1–1.41 for ``scale=(0.5, 1)``) instead of squashing most of the image into the output.
+    """
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        from torchvision.transforms.v2._utils import query_size
+
+        height, width = query_size(flat_inputs)
+        per_area = self.size[0] * self.size[1] / (height * width)
+        relative = self.scale
+        self.scale = tuple(min(1.0, s * per_area) for s in relative)
+        try:
+            return super().make_params(flat_inputs)
+        finally:
+            self.scale = relative
+
+
 def _macenko_step(macenko: bool | MacenkoNormalize) -> list[v2.Transform]:
     if isinstance(macenko, MacenkoNormalize):
         return [macenko]
@@ -110,7 +131,8 @@ def _macenko_step(macenko: bool | MacenkoNormalize) -> list[v2.Transform]:
 def build_train_transforms(crop_size: int | tuple[int, int], scale: tuple[float, float] = (0.5, 1.0),
                            hflip: bool = True, vflip: bool = True, rotate90: bool = True,
                            color_jitter: float = 0.1, hed_sigma: float = 0.05,
-                           macenko: bool | MacenkoNormalize = False) -> v2.Compose:
+                           macenko: bool | MacenkoNormalize = False,
+                           scale_of: str = "image") -> v2.Compose:
     """Training augmentation for (image, mask...) pairs.
 
     Order: optional Macenko normalisation (on the whole image, before cropping),
@@ -120,12 +142,16 @@ def build_train_transforms(crop_size: int | tuple[int, int], scale: tuple[float,
     contrast and saturation by ``color_jitter``; hue is left to the HED jitter),
     then conversion of the image to float32 in [0, 1]. A strength of 0 or a
     False flag drops that step. ``macenko`` may be a ready (e.g. fitted)
-    :class:`MacenkoNormalize`.
+    :class:`MacenkoNormalize`. ``scale_of="image"``: ``scale`` is the crop's share of the image's area
+    (torchvision); ``"crop"``: of ``crop_size``'s area (:class:`CropScaledResizedCrop`, native pixel scale).
     """
+    if scale_of not in ("image", "crop"):
+        raise ValueError(f"scale_of must be 'image' or 'crop', got {scale_of!r}")
     size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
     if rotate90 and size[0] != size[1]:
         raise ValueError(f"rotate90 needs a square crop_size to keep batch shapes fixed, got {size}")
-    steps = _macenko_step(macenko) + [v2.RandomResizedCrop(size, scale=scale, antialias=True)]
+    crop = v2.RandomResizedCrop if scale_of == "image" else CropScaledResizedCrop
+    steps = _macenko_step(macenko) + [crop(size, scale=scale, antialias=True)]
     steps += [v2.RandomHorizontalFlip()] if hflip else []
     steps += [v2.RandomVerticalFlip()] if vflip else []
     steps += [RandomRotate90()] if rotate90 else []

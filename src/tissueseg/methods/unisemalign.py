@@ -270,8 +270,9 @@ def strong_augmentation() -> v2.Compose:
 
 
 def weak_augmentation(crop_size: int) -> v2.Compose:
-    """Weak view: random scale and crop, flips and 90° rotations (geometric only)."""
-    return build_train_transforms(crop_size, scale=(0.5, 1.0), color_jitter=0.0, hed_sigma=0.0)
+    """Weak view: random scale and crop at the images' own pixel scale (zoom 1–1.41, as evaluation on whole
+    images sees them; the crop's area is 0.5–1 of ``crop_size``²), flips and 90° rotations (geometric only)."""
+    return build_train_transforms(crop_size, scale=(0.5, 1.0), color_jitter=0.0, hed_sigma=0.0, scale_of="crop")
 
 
 class SemiPairs(Dataset):
