@@ -217,7 +217,8 @@ def test_train_evaluate_resume_and_export(tiny_data, tmp_path):
     # warm start (default): the supervised-only row was trained first and the semi row started from it
     assert row["warm_start"] and (tmp_path / "checkpoints" / "supervised_best.pt").exists()
     assert [e["stage"] for e in log if e["event"] == "row"] == ["supervised", "unisemalign"]
-    epoch = next(e for e in log if e["event"] == "epoch" and e["stage"] == "unisemalign")
+    start, epoch = [e for e in log if e["event"] == "epoch" and e["stage"] == "unisemalign"][:2]
+    assert start["epoch"] == 0 and "val_mdice" in start  # the warm start, validated before the first step
     assert {"train_loss_proto", "train_loss_text", "train_loss_align", "train_threshold", "val_mdice"} <= set(epoch)
     assert (tmp_path / "config.yaml").exists() and (tmp_path / "overlays" / "unisemalign").is_dir()
     state = torch.load(tmp_path / "checkpoints" / "unisemalign_last.pt", weights_only=False)
