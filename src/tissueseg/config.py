@@ -230,6 +230,9 @@ class UniSemAlignSettings(Section):
     pseudo_label_balance: Literal["none", "prediction"] = "none"
     fp_dropout: float = 0.5
     cutmix_prob: float = 0.5
+    # training crops: 0.5–1 of the crop size's area at the images' own pixel scale ("crop", ours: on GlaS the
+    # "image" crop, 0.5–1 of the whole image's area squashed into the crop, made the unlabelled losses collapse)
+    crop_scale_of: Literal["crop", "image"] = "crop"
     # who makes the pseudo labels: "student", the student's own weak pass (paper); "mean", a mean teacher, an EMA
     # (``teacher_momentum``) of the segmenter's weights in eval mode; "validated", a frozen copy of the best
     # weights on validation so far (the warm start until an epoch beats it), refreshed whenever validation improves

@@ -197,6 +197,13 @@ def test_pairs_dataset_and_labelled_split(tiny_data, tmp_path):
     space = LabelSpace.every_class(run.info)
     assert space.num_classes == 5 and space.background == 4  # white background is its own class
     pairs = SemiPairs(run.dataset, labelled, unlabelled, space, 64)
+    from torchvision.transforms import v2
+
+    from tissueseg.data.transforms import CropScaledResizedCrop
+    crops = [type(t) for t in pairs.weak.transforms if isinstance(t, v2.RandomResizedCrop)]
+    assert crops == [CropScaledResizedCrop]  # default: crops at the images' own pixel scale
+    image_crop = SemiPairs(run.dataset, labelled, unlabelled, space, 64, crop_scale_of="image")
+    assert [type(t) for t in image_crop.weak.transforms if isinstance(t, v2.RandomResizedCrop)] == [v2.RandomResizedCrop]
     item = pairs[0]
     assert len(pairs) == 13
     assert item["image"].shape == item["weak"].shape == item["strong"].shape == (3, 64, 64)

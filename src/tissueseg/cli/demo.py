@@ -24,7 +24,9 @@ DEMO_CONFIG: dict = {
     # 4 × 6 steps per row: at 2 × 6 the supervised row was still improving and fully supervised was level with it
     "unisemalign": {"train": {"epochs": 4, "batch_size": 8, "lr": 0.01, "decoder_channels": 64,
                               "max_steps_per_epoch": 6},
-                    "unisemalign": {"branch_logits_at": "feature"},
+                    # whole 96-px tiles squashed into 64-px crops (the session-5 crop): at 24 steps the crops at the
+                    # tiles' own scale left fully supervised below supervised-only (BENCHMARKS.md, demo session 6)
+                    "unisemalign": {"branch_logits_at": "feature", "crop_scale_of": "image"},
                     "evaluation": {"window": 96, "stride": 64, "overlays": 4},
                     "amp": False},
 }

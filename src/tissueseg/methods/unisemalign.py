@@ -269,10 +269,11 @@ def strong_augmentation() -> v2.Compose:
                        v2.RandomApply([v2.GaussianBlur(kernel_size=13, sigma=(0.1, 2.0))], p=0.5)])
 
 
-def weak_augmentation(crop_size: int) -> v2.Compose:
-    """Weak view: random scale and crop at the images' own pixel scale (zoom 1–1.41, as evaluation on whole
-    images sees them; the crop's area is 0.5–1 of ``crop_size``²), flips and 90° rotations (geometric only)."""
-    return build_train_transforms(crop_size, scale=(0.5, 1.0), color_jitter=0.0, hed_sigma=0.0, scale_of="crop")
+def weak_augmentation(crop_size: int, scale_of: str = "crop") -> v2.Compose:
+    """Weak view: random scale and crop, flips and 90° rotations (geometric only). ``scale_of="crop"``: at the
+    images' own pixel scale (zoom 1–1.41, as evaluation on whole images sees them; the crop's area is 0.5–1 of
+    ``crop_size``²); ``"image"``: 0.5–1 of the image's area, resized to ``crop_size``."""
+    return build_train_transforms(crop_size, scale=(0.5, 1.0), color_jitter=0.0, hed_sigma=0.0, scale_of=scale_of)
 
 
 class SemiPairs(Dataset):
@@ -287,7 +288,7 @@ class SemiPairs(Dataset):
 
     def __init__(self, dataset: TissueDataset, labelled: Sequence[Record], unlabelled: Sequence[Record],
                  space: LabelSpace, crop_size: int, length: int | None = None, cutmix_prob: float = 0.5,
-                 seed: int = 0):
+                 seed: int = 0, crop_scale_of: str = "crop"):
         if not labelled:
             raise ValueError("no labelled training image (fix: raise labelled_fraction / labelled_count)")
         self.dataset = dataset
@@ -295,7 +296,7 @@ class SemiPairs(Dataset):
         self.unlabelled = list(unlabelled)
         self.space = space
         self.crop_size = crop_size
-        self.weak = weak_augmentation(crop_size)
+        self.weak = weak_augmentation(crop_size, crop_scale_of)
         self.strong = strong_augmentation()
         self.cutmix_prob = cutmix_prob
         self.length = length or max(len(self.labelled), len(self.unlabelled))
@@ -483,7 +484,7 @@ def train_row(run: RunContext, row: str, name: str | None = None,
         raise ValueError(f"row '{row}' needs unlabelled images but every training image is labelled "
                          f"(fix: lower labelled_fraction / labelled_count)")
     train_set = SemiPairs(run.dataset, labelled, unlabelled, space, cfg.data.crop_size, length,
-                          settings.cutmix_prob, cfg.seed)
+                          settings.cutmix_prob, cfg.seed, settings.crop_scale_of)
     model = build_network(cfg, space, row, settings, run.out_dir)
     warm = settings.warm_start and row in ("consistency", "unisemalign")
     if warm:
