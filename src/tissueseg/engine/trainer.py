@@ -178,6 +178,11 @@ class CheckpointWriter:
             raise error
 
 
+def shown_metrics(metrics: Mapping[str, Any]) -> str:
+    """``name value`` pairs of the float metrics, for the console."""
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
 class Trainer:
     """Train ``model`` with a method's ``step`` function; see the module docstring.
 
@@ -298,20 +303,17 @@ class Trainer:
         self._step_fn = step
         steps = self.steps_per_epoch(train_set)
         max_iterations = steps * cfg.epochs
-        epoch, skip, global_step, best, best_metrics = self._resume()
-        self.best = best
+        epoch, skip, global_step, self.best, best_metrics = self._resume()
         if epoch >= cfg.epochs:
             return best_metrics
         main = dist_utils.is_main_process()
         if evaluate_start is not None and global_step == 0 and evaluate is not None:
             metrics = dict(evaluate_start(unwrap(self.model)))
-            best, best_metrics = metrics.get(select), {"epoch": 0, **metrics}
-            self.best = best
+            self.best, best_metrics = metrics.get(select), {"epoch": 0, **metrics}
             self.log.write("epoch", stage=self.name, epoch=0, improved=True, **metrics)
             if main:
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-                self.console.print(f"{self.name} start: {shown}", markup=False)
-            self._save(0, 0, 0, best, best_metrics, new_best=True)
+                self.console.print(f"{self.name} start: {shown_metrics(metrics)}", markup=False)
+            self._save(0, 0, 0, self.best, best_metrics, new_best=True)
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
@@ -339,10 +341,10 @@ class Trainer:
                                                lr=self.optimizer.param_groups[0]["lr"], **losses)
                             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and done < steps:
                                 self._read(window, running, epoch)
-                                self._save(epoch, done, global_step, best, best_metrics)
+                                self._save(epoch, done, global_step, self.best, best_metrics)
                     except KeyboardInterrupt:
                         self._read(window, running, epoch, across_ranks=False)
-                        self._save(epoch, done, global_step, best, best_metrics, wait=True)
+                        self._save(epoch, done, global_step, self.best, best_metrics, wait=True)
                         self.log.write("interrupted", stage=self.name, epoch=epoch, step_in_epoch=done)
                         raise
                     self._read(window, running, epoch)
@@ -350,18 +352,17 @@ class Trainer:
                     skip = 0
                     epoch_losses = {k: v / max(n_steps, 1) for k, v in running.items()}
                     metrics = dict(evaluate(unwrap(self.model))) if evaluate is not None else {}
-                    improved = evaluate is None or best is None or metrics.get(select, -math.inf) > best
+                    improved = evaluate is None or self.best is None or metrics.get(select, -math.inf) > self.best
                     if improved:
-                        best = self.best = metrics.get(select) if evaluate is not None else None
+                        self.best = metrics.get(select) if evaluate is not None else None
                         best_metrics = {"epoch": epoch + 1, **metrics,
                                         **{f"train_{k}": v for k, v in epoch_losses.items()}}
                     self.log.write("epoch", stage=self.name, epoch=epoch + 1, improved=improved,
                                    **{f"train_{k}": v for k, v in epoch_losses.items()}, **metrics)
                     if main and metrics:
-                        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-                        bar.console.print(f"{self.name} epoch {epoch + 1}: {shown}", markup=False)
+                        bar.console.print(f"{self.name} epoch {epoch + 1}: {shown_metrics(metrics)}", markup=False)
                     epoch += 1
-                    self._save(epoch, 0, global_step, best, best_metrics, new_best=improved)
+                    self._save(epoch, 0, global_step, self.best, best_metrics, new_best=improved)
         finally:
             self.writer.wait()  # the files are complete once fit returns or raises
         return best_metrics
