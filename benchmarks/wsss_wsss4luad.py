@@ -50,7 +50,7 @@ def write_weak_dataset(source: Path, out: Path, scale: float, crop: int, stride:
 
 
 def reference_cam_row(run: RunContext, steps: int, seed: int) -> dict:
-    """The plain reference CAM trained on the same tagged crops, scored on the same test images."""
+    """The plain reference CAM trained on the same tagged crops, scored on the same val and test images."""
     from reference_cam import predict_reference_cam, train_reference_cam
 
     train = [run.dataset.load(r) for r in run.splits["train"]]
@@ -58,11 +58,14 @@ def reference_cam_row(run: RunContext, steps: int, seed: int) -> dict:
     train = [s for s in train if s.image.shape[:2] == (size, size)]
     model = train_reference_cam([s.image for s in train], np.stack([s.labels for s in train]).astype(np.float32),
                                 steps=steps, seed=seed)
-    meter = meter_for(run.info)
-    for record in run.splits["test"]:
-        sample = run.dataset.load(record)
-        meter.update(predict_reference_cam(model, sample.image), sample.mask)
-    return {"test": summarize_scores(meter.compute(), run.info)}
+    scores = {}
+    for split in ("val", "test"):
+        meter = meter_for(run.info)
+        for record in run.splits[split]:
+            sample = run.dataset.load(record)
+            meter.update(predict_reference_cam(model, sample.image), sample.mask)
+        scores[split] = summarize_scores(meter.compute(), run.info)
+    return scores
 
 
 def apply_overrides(raw: dict, items: list[str]) -> dict:
