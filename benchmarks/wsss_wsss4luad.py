@@ -64,7 +64,7 @@ def reference_cam_row(run: RunContext, steps: int, seed: int) -> dict:
         for record in run.splits[split]:
             sample = run.dataset.load(record)
             meter.update(predict_reference_cam(model, sample.image), sample.mask)
-        scores[split] = summarize_scores(meter.compute(), run.info)
+        scores[split] = summarize_scores(meter, run.info)
     return scores
 
 

@@ -13,6 +13,7 @@ from tissueseg.metrics import (
     confusion_matrix,
     glas_object_metrics,
     instances_from_binary,
+    localisation_scores,
     object_dice,
     object_f1,
     object_hausdorff,
@@ -165,6 +166,27 @@ def test_background_index_validation():
 UNI_TARGET = np.array([[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 255]])
 UNI_PRED = np.array([[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]])
 # cm = [[5,1],[1,4]] over 11 labelled pixels.
+
+
+def test_localisation_merges_every_non_background_class():
+    # CM with background 0: bg→bg 2, bg→fg 1, fg→bg 1 (the (2, 0) pixel), fg→fg 3+1+0+3 = 7
+    # (the (1, 2) pixel is a class confusion, so it counts as found foreground).
+    scores = localisation_scores(CM, background_index=0)
+    assert scores["foreground_iou"] == pytest.approx(7 / 9)
+    assert scores["background_iou"] == pytest.approx(2 / 4)
+    assert scores["miou"] == pytest.approx((7 / 9 + 1 / 2) / 2)
+    # background 2: bg→bg 3, bg→fg 1, fg→bg 1 (the (1, 2) pixel), fg→fg 2+1+0+3 = 6
+    scores = localisation_scores(CM, background_index=2)
+    assert scores["foreground_iou"] == pytest.approx(6 / 8)
+    assert scores["background_iou"] == pytest.approx(3 / 5)
+    with pytest.raises(ValueError, match="background_index"):
+        localisation_scores(CM, background_index=3)
+
+
+def test_localisation_of_a_map_without_background_is_nan_for_background():
+    scores = localisation_scores(np.array([[0, 0], [0, 4]]), background_index=0)
+    assert scores["foreground_iou"] == 1.0 and math.isnan(scores["background_iou"])
+    assert scores["miou"] == 1.0
 
 
 def test_unisemalign_binary_hand_computed():

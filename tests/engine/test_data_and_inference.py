@@ -3,7 +3,7 @@ import torch
 
 from tissueseg.data.sample import DatasetInfo
 from tissueseg.engine.data import IGNORE, LabelSpace
-from tissueseg.engine.evaluate import meter_for
+from tissueseg.engine.evaluate import meter_for, summarize_scores
 from tissueseg.models.inference import predict_probabilities, window_starts
 
 LUAD = DatasetInfo("luad-histoseg", ["te", "nec", "lym", "tas", "background"], ["te", "nec", "lym", "tas"],
@@ -35,6 +35,18 @@ def test_meter_convention_follows_the_dataset():
     ebhi.update(np.array([[0, 1, 2, 2]]), np.array([[0, 1, 2, 1]]))
     # IoU: background 1/1, a 1/2, b 1/2 → mean 2/3
     assert abs(ebhi.compute()["miou"] - 2 / 3) < 1e-9
+
+
+def test_summary_reports_localisation_where_background_is_scored():
+    ebhi = meter_for(EBHI)
+    ebhi.update(np.array([[0, 1, 2, 2]]), np.array([[0, 1, 2, 1]]))
+    summary = summarize_scores(ebhi, EBHI)
+    # the b-for-a pixel is a class confusion, not a localisation error: fg 3/3, bg 1/1
+    assert summary["localisation"] == {"foreground_iou": 1.0, "background_iou": 1.0, "miou": 1.0}
+    assert summary["iou"]["a"] == 0.5
+    luad = meter_for(LUAD)  # background excluded from scoring: no localisation row
+    luad.update(np.array([[0, 1]]), np.array([[0, 4]]))
+    assert "localisation" not in summarize_scores(luad, LUAD)
 
 
 def test_window_starts_cover_and_end_flush():

@@ -12,7 +12,7 @@ from tissueseg.data.io import write_png
 from tissueseg.data.sample import DatasetInfo, Record, Sample, TissueDataset
 from tissueseg.engine import distributed as dist_utils
 from tissueseg.engine.data import batches_by_size, images_to_tensor
-from tissueseg.metrics.confusion import ConfusionMeter
+from tissueseg.metrics.confusion import ConfusionMeter, localisation_scores
 from tissueseg.viz import prediction_panel
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]  # float images (N,3,H,W) → mask-index maps (N,H,W)
@@ -27,12 +27,18 @@ def meter_for(info: DatasetInfo) -> ConfusionMeter:
     return ConfusionMeter(k, convention="plain", ignore_index=info.ignore_index)
 
 
-def summarize_scores(scores: dict, info: DatasetInfo) -> dict:
-    """mIoU, FwIoU, accuracy, mDice and per-class IoU keyed by class name (JSON-ready)."""
+def summarize_scores(meter: ConfusionMeter, info: DatasetInfo) -> dict:
+    """mIoU, FwIoU, accuracy, mDice and per-class IoU keyed by class name (JSON-ready); where the
+    background is a scored class, also ``localisation`` (foreground vs background IoU,
+    :func:`~tissueseg.metrics.confusion.localisation_scores`)."""
+    scores = meter.compute()
     iou = np.asarray(scores["iou"], dtype=float)
-    return {"miou": float(scores["miou"]), "fwiou": float(scores["fwiou"]),
-            "pixel_accuracy": float(scores["pixel_accuracy"]), "mdice": float(scores["mdice"]),
-            "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(info.classes, iou)}}
+    summary = {"miou": float(scores["miou"]), "fwiou": float(scores["fwiou"]),
+               "pixel_accuracy": float(scores["pixel_accuracy"]), "mdice": float(scores["mdice"]),
+               "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(info.classes, iou)}}
+    if info.background_index is not None and meter.convention == "plain":
+        summary["localisation"] = localisation_scores(meter.matrix, info.background_index)
+    return summary
 
 
 @torch.no_grad()
@@ -74,4 +80,4 @@ def evaluate_split(predict: PredictFn, dataset: TissueDataset, records: Sequence
     """Scores of ``predict`` over ``records`` in the dataset's convention (:func:`meter_for`, :func:`summarize_scores`)."""
     meter = score_records(predict, dataset, records, device, meter_for(dataset.info), batch_size,
                           overlay_dir=overlay_dir, n_overlays=n_overlays)
-    return summarize_scores(meter.compute(), dataset.info)
+    return summarize_scores(meter, dataset.info)

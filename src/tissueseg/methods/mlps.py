@@ -304,7 +304,7 @@ def make_pseudo_masks(run: RunContext, cam_fn: CamFn, folder: str, n_layers: int
             scored += sum(s.mask is not None for s in samples)
             advance(len(samples))
     report = {"folder": folder, "patches": len(records), "scored_against_ground_truth": scored,
-              "layers": [summarize_scores(m.compute(), info) if scored else None for m in meters]}
+              "layers": [summarize_scores(m, info) if scored else None for m in meters]}
     run.save_json(root / "report.json", report)
     return report
 

@@ -45,12 +45,16 @@ class Layout:
     metrics: Callable[[Sequence[str]], list[tuple[str, Getter]]]  # class names → (header, score getter)
     split_column: bool = False  # "scored on": pseudo masks on train, the model on test
     seconds_column: bool = False  # "train s": each row's training time
+    optional: tuple[str, ...] = ()  # metric headers shown only when some row has the score
 
 
 LAYOUTS: dict[str, Layout] = {
     "wsss": Layout("Weakly supervised segmentation (IoU %, scored in the dataset's convention)",
                    lambda names: [("mIoU", lambda s: s["miou"]), ("FwIoU", lambda s: s["fwiou"]),
-                                  *[(c, lambda s, c=c: s["iou"].get(c)) for c in names]], split_column=True),
+                                  *[(c, lambda s, c=c: s["iou"].get(c)) for c in names],
+                                  ("loc. fg IoU", lambda s: s.get("localisation", {}).get("foreground_iou")),
+                                  ("loc. bg IoU", lambda s: s.get("localisation", {}).get("background_iou"))],
+                   split_column=True, optional=("loc. fg IoU", "loc. bg IoU")),
     "semi": Layout("Semi-supervised segmentation (test split, %)",
                    lambda names: [("mDice", lambda s: s["mdice"]), ("mJaccard", lambda s: s["mjaccard"]),
                                   ("Dice fg", lambda s: s["dice_fg"]), ("Jaccard fg", lambda s: s["jaccard_fg"]),
@@ -65,33 +69,35 @@ def percent(v: float | None) -> str:
 def results_table(results: dict, task: Task, class_names: Sequence[str] = (), title: str | None = None,
                   labelled: str | None = None) -> Table:
     """The task's rows that ran, in order. WSSS (CAM baseline, MLPS, PLIMSeg, fully supervised): pseudo
-    masks per layer on train and stage 2 on test, mIoU, FwIoU and per-class IoU. Semi-supervised
+    masks per layer on train and stage 2 on test, mIoU, FwIoU, per-class IoU and, where background is
+    scored, localisation (foreground / background IoU with the classes merged). Semi-supervised
     (supervised only → consistency only → UniSemAlign → fully supervised): mDice / mJaccard
     (UniSemAlign convention), foreground-only scores, object F1 and training time.
     """
     from rich.table import Table
 
     layout = LAYOUTS[task]
-    metrics = layout.metrics(class_names)
+    lines: list[tuple[str, str, dict, str | None]] = []
+    for row in result_rows(task):
+        entry = results.get(row.key) or {}
+        if row.pseudo_masks:
+            layers = (results.get(f"{row.key}_pseudo_masks") or {}).get("layers", [])
+            for l, layer in enumerate(layers):
+                if layer is not None:
+                    lines.append((f"{row.pseudo_masks} pseudo masks" + (f", layer {l + 1}" if len(layers) > 1 else ""),
+                                  "train", layer, None))
+        if entry.get("test") is not None:
+            lines.append((row.title + (f" ({labelled})" if labelled and row.note_labelled else ""), "test",
+                          entry["test"], str(entry.get("train_seconds", "-"))))
+    metrics = [(h, get) for h, get in layout.metrics(class_names)
+               if h not in layout.optional or any(get(scores) is not None for _, _, scores, _ in lines)]
     captions = [c for m in METHODS.values() if m.task == task and m.caption and (c := m.caption(results))]
     table = Table(title=title or layout.title, caption="; ".join(captions) or None)
     headers = ["row", *(["scored on"] if layout.split_column else []), *[h for h, _ in metrics],
                *(["train s"] if layout.seconds_column else [])]
     for col in headers:
         table.add_column(col, justify="left" if col in ("row", "scored on") else "right")
-
-    def add(row: str, split: str, scores: dict | None, seconds: str | None = None) -> None:
-        if scores is not None:
-            table.add_row(row, *([split] if layout.split_column else []), *[percent(get(scores)) for _, get in metrics],
-                          *([seconds] if layout.seconds_column else []))
-
-    for row in result_rows(task):
-        entry = results.get(row.key) or {}
-        if row.pseudo_masks:
-            layers = (results.get(f"{row.key}_pseudo_masks") or {}).get("layers", [])
-            for l, layer in enumerate(layers):
-                add(f"{row.pseudo_masks} pseudo masks" + (f", layer {l + 1}" if len(layers) > 1 else ""), "train",
-                    layer)
-        title_row = row.title + (f" ({labelled})" if labelled and row.note_labelled else "")
-        add(title_row, "test", entry.get("test"), str(entry.get("train_seconds", "-")))
+    for name, split, scores, seconds in lines:
+        table.add_row(name, *([split] if layout.split_column else []), *[percent(get(scores)) for _, get in metrics],
+                      *([seconds] if layout.seconds_column else []))
     return table

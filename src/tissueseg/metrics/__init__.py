@@ -1,6 +1,6 @@
 """Evaluation metrics: streaming confusion-matrix scores and GlaS object metrics."""
 
-from tissueseg.metrics.confusion import ConfusionMeter, confusion_matrix, scores_from_confusion
+from tissueseg.metrics.confusion import ConfusionMeter, confusion_matrix, localisation_scores, scores_from_confusion
 from tissueseg.metrics.objects import (
     glas_object_metrics,
     instances_from_binary,
@@ -14,6 +14,7 @@ __all__ = [
     "confusion_matrix",
     "glas_object_metrics",
     "instances_from_binary",
+    "localisation_scores",
     "object_dice",
     "object_f1",
     "object_hausdorff",

@@ -188,6 +188,34 @@ def scores_from_confusion(
     return scores
 
 
+def localisation_scores(matrix: np.ndarray, background_index: int) -> dict[str, float]:
+    """Foreground-vs-background IoU of a confusion matrix: every non-background class merged into one.
+
+    Scores where tissue is found regardless of which class it is called, so localisation and class
+    confusion can be read apart (a lesion pixel predicted as another lesion class counts as correct).
+
+    Parameters
+    ----------
+    matrix : np.ndarray, shape (K, K)
+        Confusion matrix, rows = ground truth (:func:`confusion_matrix`).
+    background_index : int
+        The background class.
+
+    Returns
+    -------
+    dict
+        ``foreground_iou``, ``background_iou`` and their mean ``miou``; NaN where a union is empty.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if not 0 <= background_index < matrix.shape[0]:
+        raise ValueError(f"background_index must be in [0, {matrix.shape[0]})")
+    is_bg = np.arange(matrix.shape[0]) == background_index
+    binary = np.array([[matrix[np.ix_(g, p)].sum() for p in (~is_bg, is_bg)] for g in (~is_bg, is_bg)])
+    tp = np.diag(binary)
+    iou = _divide(tp, binary.sum(0) + binary.sum(1) - tp, np.nan)
+    return {"foreground_iou": float(iou[0]), "background_iou": float(iou[1]), "miou": _nanmean(iou)}
+
+
 def _default_background(
     convention: str, background_index: int | None, num_classes: int
 ) -> int | None:
