@@ -112,3 +112,38 @@ def test_cam_function_matches_manual():
     w = torch.randn(2, 5, 1, 1)
     manual = torch.relu(torch.einsum("kc,nchw->nkhw", w[:, :, 0, 0], f))
     assert torch.allclose(class_activation_maps(f, w), manual, atol=1e-6)
+
+
+class WindowAwareClassifier(nn.Module):
+    """Class 0 is called present where channel 0 is bright on average, class 1 where channel 1 is;
+    the CAMs are the two channels themselves."""
+
+    def forward(self, x):
+        return torch.stack([x[:, 0].mean((1, 2)) - 5, 10 * (x[:, 1].mean((1, 2)) - 0.25)], 1)
+
+    def cam(self, x):
+        return x[:, :2]
+
+
+def test_cam_baseline_gates_each_training_sized_window_by_its_own_classification():
+    from types import SimpleNamespace
+
+    from tissueseg.data.sample import DatasetInfo
+    from tissueseg.engine.data import LabelSpace
+    from tissueseg.methods.mlps import cam_predictor
+
+    # 16 × 32 image: left half channel 0 = 10; right half channel 0 = 2 (weak, but its CAM beats
+    # class 1's 1 under one min-max over the whole image) and channel 1 = 1.
+    image = torch.zeros(1, 3, 16, 32)
+    image[:, 0, :, :16], image[:, 0, :, 16:], image[:, 1, :, 16:] = 10.0, 2.0, 1.0
+    info = DatasetInfo("folder", ["a", "b"], ["a", "b"], [(0, 0, 0)] * 2, ignore_index=255)
+    run = SimpleNamespace(config=SimpleNamespace(segmenter=SimpleNamespace(gate_threshold=0.1),
+                                                 pseudo_masks=SimpleNamespace(normalization="global"),
+                                                 data=SimpleNamespace(crop_size=16)),
+                          space=LabelSpace.from_info(info), background_detection=False)
+    windowed = cam_predictor(run, WindowAwareClassifier())(image)[0]
+    assert (windowed[:, :16] == 0).all() and (windowed[:, 16:] == 1).all()
+    # the whole image at once (crop as large as the image) calls both classes present and class 0 wins
+    run.config.data.crop_size = 32
+    whole = cam_predictor(run, WindowAwareClassifier())(image)[0]
+    assert (whole == 0).all()
