@@ -11,7 +11,10 @@ Rows: the plain reference CAM (``benchmarks/reference_cam.py``, timm ResNet-18, 
 the CAM baseline, MLPS, PLIMSeg (label-trained matcher) and the fully supervised stage 2 on the
 ground-truth masks of the same crops.
 
-    python benchmarks/wsss_wsss4luad.py --scale 0.5 --epochs 12 --decoder-channels 64   # CPU, 2 cores
+    python benchmarks/wsss_wsss4luad.py --scale 0.5 --epochs 12 --decoder-channels 64 --seeds 0 1 2  # CPU, 2 cores
+
+With several seeds (each its own split by image and training seed) it ends with the seeds table: test
+mIoU per seed, mean ± sd, and the *pooled* mIoU of the test confusion matrices summed over the seeds.
 
 WSSS4LUAD: Han et al., arXiv 2204.06455 (research use).
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.table import Table
 
 from tissueseg.config import WSSSConfig
 from tissueseg.engine.evaluate import meter_for, summarize_scores
@@ -78,6 +82,80 @@ def apply_overrides(raw: dict, items: list[str]) -> dict:
     return raw
 
 
+WEAK_ROWS = ("reference_cam", "cam", "mlps", "plimseg_cam", "plimseg_mlps")
+ROW_NAMES = {"reference_cam": "reference CAM", "cam": "CAM baseline", "mlps": "MLPS", "plimseg_cam": "PLIMSeg",
+             "plimseg_mlps": "PLIMSeg + MLPS stage 2", "supervised": "fully supervised"}
+
+
+def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
+    """Every requested row for one seeded split; writes ``benchmark.json`` in the run folder."""
+    crop = args.crop or round(224 * args.scale)
+    stride = args.stride or crop // 2
+    name = f"s{args.scale}_c{crop}_st{stride}_f{args.min_fraction}_seed{seed}"
+    data = write_weak_dataset(args.data, args.work / f"crops_{name}", args.scale, crop, stride, args.min_fraction,
+                              seed)
+    raw = {"out_dir": str(args.work / f"run_{name}_e{args.epochs}{args.tag}"), "seed": seed,
+           "device": args.device,
+           "data": {"path": str(data), "format": "folder", "crop_size": crop, "background_detection": False},
+           "backbone": {"name": "efficientnet_lite0", "pretrained": True, "output_stride": 16},
+           "classifier": {"epochs": args.epochs, "batch_size": args.batch_size},
+           "segmenter": {"epochs": args.epochs, "batch_size": args.batch_size,
+                         "decoder_channels": args.decoder_channels}}
+    apply_overrides(raw, args.set)
+    config = WSSSConfig.model_validate(raw)
+    start = time.time()
+    run = RunContext.open(config, console=console)
+    results: dict = {}
+    if "reference" in args.rows:
+        results["reference_cam"] = reference_cam_row(run, args.reference_steps, seed)
+    if "mlps" in args.rows:
+        results.update(run_mlps(run, references=True))
+    if "plimseg" in args.rows:
+        plim = config.model_copy(update={"method": "plimseg", "out_dir": Path(config.out_dir) / "plimseg"})
+        results.update(run_plimseg(RunContext.open(plim, console=console)))
+    elapsed = time.time() - start
+    console.print(results_table(results, "wsss", run.info.label_classes, title=f"WSSS4LUAD, seed {seed}"))
+    full = results.get("supervised", {}).get("test", {}).get("miou")
+    for key in WEAK_ROWS:
+        if full and "test" in results.get(key, {}):
+            console.print(f"{ROW_NAMES[key]}: test mIoU {100 * results[key]['test']['miou']:.1f}, "
+                          f"{100 * results[key]['test']['miou'] / full:.0f} % of fully supervised")
+    device = torch.cuda.get_device_name() if run.device.type == "cuda" else f"CPU ({platform.processor() or 'x86_64'})"
+    n_train = len(run.splits["train"])
+    summary = {"weak_labels": f"{n_train} training crops of {crop} px (stride {stride}, scale {args.scale}), a class "
+                              f"tagged when >= {args.min_fraction:.0%} of the crop's tissue; split by image 60/20/20",
+               "epochs": args.epochs, "device": device, "seconds": round(elapsed), "overrides": args.set,
+               "results": results}
+    report = Path(config.out_dir) / "benchmark.json"
+    report.write_text(json.dumps(summary, indent=2, default=str))
+    console.print(f"{device}, {elapsed / 60:.1f} min; details in {report}")
+    return {"results": results, "info": run.info}
+
+
+def seeds_table(per_seed: dict[int, dict]) -> Table:
+    """Test mIoU per seed, mean ± sd, and the mIoU of the confusion matrices summed over the seeds' test
+    splits (pooled: a class absent from one 6-image split no longer decides a third of its mIoU)."""
+    seeds = list(per_seed)
+    info = next(iter(per_seed.values()))["info"]
+    table = Table(title=f"WSSS4LUAD test mIoU (%), seeds {', '.join(map(str, seeds))}")
+    for col in ("row", *[f"seed {s}" for s in seeds], "mean ± sd", "pooled", "pooled, % of full"):
+        table.add_column(col, justify="left" if col == "row" else "right")
+    rows: dict[str, tuple[np.ndarray, float]] = {}
+    for key in (*WEAK_ROWS, "supervised"):
+        tests = [per_seed[s]["results"].get(key, {}).get("test") for s in seeds]
+        if any(t is None for t in tests):
+            continue
+        meter = meter_for(info)
+        meter.matrix = np.sum([np.asarray(t["confusion"]) for t in tests], axis=0)
+        rows[key] = (np.array([100 * t["miou"] for t in tests]), 100 * summarize_scores(meter, info)["miou"])
+    full = rows.get("supervised", (None, None))[1]
+    for key, (mious, pooled) in rows.items():
+        sd = mious.std(ddof=1) if len(mious) > 1 else 0.0
+        table.add_row(ROW_NAMES[key], *[f"{m:.1f}" for m in mious], f"{mious.mean():.1f} ± {sd:.1f}", f"{pooled:.1f}",
+                      f"{100 * pooled / full:.0f} %" if full else "-")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "wsss4luad")
@@ -96,52 +174,13 @@ def main() -> None:
                         help="config overrides for the project's rows, e.g. classifier.lr=0.001")
     parser.add_argument("--tag", default="", help="suffix of the run folder (for variants)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one split and training seed per value; several add the seeds table")
     args = parser.parse_args()
-
-    crop = args.crop or round(224 * args.scale)
-    stride = args.stride or crop // 2
-    name = f"s{args.scale}_c{crop}_st{stride}_f{args.min_fraction}_seed{args.seed}"
-    data = write_weak_dataset(args.data, args.work / f"crops_{name}", args.scale, crop, stride, args.min_fraction,
-                              args.seed)
-    raw = {"out_dir": str(args.work / f"run_{name}_e{args.epochs}{args.tag}"), "seed": args.seed,
-           "device": args.device,
-           "data": {"path": str(data), "format": "folder", "crop_size": crop, "background_detection": False},
-           "backbone": {"name": "efficientnet_lite0", "pretrained": True, "output_stride": 16},
-           "classifier": {"epochs": args.epochs, "batch_size": args.batch_size},
-           "segmenter": {"epochs": args.epochs, "batch_size": args.batch_size,
-                         "decoder_channels": args.decoder_channels}}
-    apply_overrides(raw, args.set)
-    config = WSSSConfig.model_validate(raw)
     console = Console(width=160)
-    start = time.time()
-    run = RunContext.open(config, console=console)
-    results: dict = {}
-    if "reference" in args.rows:
-        results["reference_cam"] = reference_cam_row(run, args.reference_steps, args.seed)
-    if "mlps" in args.rows:
-        results.update(run_mlps(run, references=True))
-    if "plimseg" in args.rows:
-        plim = config.model_copy(update={"method": "plimseg", "out_dir": Path(config.out_dir) / "plimseg"})
-        results.update(run_plimseg(RunContext.open(plim, console=console)))
-    elapsed = time.time() - start
-    console.print(results_table(results, "wsss", run.info.label_classes))
-    if "reference_cam" in results:
-        console.print(f"reference CAM (timm resnet18, random init): test mIoU "
-                      f"{100 * results['reference_cam']['test']['miou']:.1f}")
-    full = results.get("supervised", {}).get("test", {}).get("miou")
-    for key in ("reference_cam", "cam", "mlps", "plimseg"):
-        if full and key in results:
-            console.print(f"{key}: {100 * results[key]['test']['miou'] / full:.0f} % of fully supervised mIoU")
-    device = torch.cuda.get_device_name() if run.device.type == "cuda" else f"CPU ({platform.processor() or 'x86_64'})"
-    n_train = len(run.splits["train"])
-    summary = {"weak_labels": f"{n_train} training crops of {crop} px (stride {stride}, scale {args.scale}), a class "
-                              f"tagged when >= {args.min_fraction:.0%} of the crop's tissue; split by image 60/20/20",
-               "epochs": args.epochs, "device": device, "seconds": round(elapsed), "overrides": args.set,
-               "results": results}
-    report = Path(config.out_dir) / "benchmark.json"
-    report.write_text(json.dumps(summary, indent=2, default=str))
-    console.print(f"{device}, {elapsed / 60:.1f} min; details in {report}")
+    per_seed = {seed: run_seed(args, seed, console) for seed in args.seeds}
+    if len(per_seed) > 1:
+        console.print(seeds_table(per_seed))
 
 
 if __name__ == "__main__":

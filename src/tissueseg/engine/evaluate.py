@@ -28,14 +28,16 @@ def meter_for(info: DatasetInfo) -> ConfusionMeter:
 
 
 def summarize_scores(meter: ConfusionMeter, info: DatasetInfo) -> dict:
-    """mIoU, FwIoU, accuracy, mDice and per-class IoU keyed by class name (JSON-ready); where the
+    """mIoU, FwIoU, accuracy, mDice, per-class IoU keyed by class name and the confusion matrix (rows =
+    ground truth; summed over runs it pools their scores), JSON-ready; where the
     background is a scored class, also ``localisation`` (foreground vs background IoU,
     :func:`~tissueseg.metrics.confusion.localisation_scores`)."""
     scores = meter.compute()
     iou = np.asarray(scores["iou"], dtype=float)
     summary = {"miou": float(scores["miou"]), "fwiou": float(scores["fwiou"]),
                "pixel_accuracy": float(scores["pixel_accuracy"]), "mdice": float(scores["mdice"]),
-               "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(info.classes, iou)}}
+               "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(info.classes, iou)},
+               "confusion": meter.matrix.tolist()}
     if info.background_index is not None and meter.convention == "plain":
         summary["localisation"] = localisation_scores(meter.matrix, info.background_index)
     return summary
