@@ -179,6 +179,8 @@ def test_localisation_merges_every_non_background_class():
     scores = localisation_scores(CM, background_index=2)
     assert scores["foreground_iou"] == pytest.approx(6 / 8)
     assert scores["background_iou"] == pytest.approx(3 / 5)
+    # background IoU is the background class's own IoU
+    assert scores["background_iou"] == pytest.approx(scores_from_confusion(CM)["iou"][2])
     with pytest.raises(ValueError, match="background_index"):
         localisation_scores(CM, background_index=3)
 

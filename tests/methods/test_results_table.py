@@ -25,8 +25,8 @@ def test_wsss_table_shows_localisation_only_when_scored():
     with_loc = rendered(results_table({"cam": {"test": scores(0.25, {"foreground_iou": 0.8, "background_iou": 0.4,
                                                                      "miou": 0.6})},
                                        "mlps": {"test": scores(0.5)}}, "wsss", ["a"]))
-    assert "loc. fg IoU" in with_loc and "loc. bg IoU" in with_loc
+    assert "loc. fg IoU" in with_loc and "loc. mIoU" in with_loc
     cam_line = next(line for line in with_loc.splitlines() if "CAM baseline" in line)
-    assert "80.0" in cam_line and "40.0" in cam_line
+    assert "80.0" in cam_line and "60.0" in cam_line
     mlps_line = next(line for line in with_loc.splitlines() if "MLPS" in line)
     assert mlps_line.count("-") >= 2  # no localisation score for this row

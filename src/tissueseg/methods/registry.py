@@ -53,8 +53,8 @@ LAYOUTS: dict[str, Layout] = {
                    lambda names: [("mIoU", lambda s: s["miou"]), ("FwIoU", lambda s: s["fwiou"]),
                                   *[(c, lambda s, c=c: s["iou"].get(c)) for c in names],
                                   ("loc. fg IoU", lambda s: s.get("localisation", {}).get("foreground_iou")),
-                                  ("loc. bg IoU", lambda s: s.get("localisation", {}).get("background_iou"))],
-                   split_column=True, optional=("loc. fg IoU", "loc. bg IoU")),
+                                  ("loc. mIoU", lambda s: s.get("localisation", {}).get("miou"))],
+                   split_column=True, optional=("loc. fg IoU", "loc. mIoU")),
     "semi": Layout("Semi-supervised segmentation (test split, %)",
                    lambda names: [("mDice", lambda s: s["mdice"]), ("mJaccard", lambda s: s["mjaccard"]),
                                   ("Dice fg", lambda s: s["dice_fg"]), ("Jaccard fg", lambda s: s["jaccard_fg"]),
@@ -70,7 +70,8 @@ def results_table(results: dict, task: Task, class_names: Sequence[str] = (), ti
                   labelled: str | None = None) -> Table:
     """The task's rows that ran, in order. WSSS (CAM baseline, MLPS, PLIMSeg, fully supervised): pseudo
     masks per layer on train and stage 2 on test, mIoU, FwIoU, per-class IoU and, where background is
-    scored, localisation (foreground / background IoU with the classes merged). Semi-supervised
+    scored, localisation (foreground IoU with the classes merged, and its mean with the background IoU,
+    which is the background class's own IoU). Semi-supervised
     (supervised only → consistency only → UniSemAlign → fully supervised): mDice / mJaccard
     (UniSemAlign convention), foreground-only scores, object F1 and training time.
     """

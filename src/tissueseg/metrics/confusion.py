@@ -205,6 +205,8 @@ def localisation_scores(matrix: np.ndarray, background_index: int) -> dict[str, 
     -------
     dict
         ``foreground_iou``, ``background_iou`` and their mean ``miou``; NaN where a union is empty.
+        ``background_iou`` equals the background class's own IoU (merging the other classes leaves its
+        row and column sums unchanged); ``foreground_iou`` is what is new.
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     if not 0 <= background_index < matrix.shape[0]:
