@@ -41,23 +41,18 @@ def sliding_window(scores_fn: Logits, images: torch.Tensor, window: int | None =
     return total / count
 
 
-def softmax_scores(logits_fn: Logits, flip: bool = False) -> Logits:
-    """Images → softmax class scores of ``logits_fn``; ``flip`` averages the horizontally flipped
-    prediction (MLPS / UniSemAlign optional TTA)."""
+@torch.no_grad()
+def predict_probabilities(logits_fn: Logits, images: torch.Tensor, window: int | None = None,
+                          stride: int | None = None, flip: bool = False) -> torch.Tensor:
+    """Softmax class scores (N, K, H, W) for float images (N, 3, H, W), by :func:`sliding_window` when the
+    image is larger than ``window``; ``flip`` averages the horizontally flipped prediction (MLPS /
+    UniSemAlign optional TTA)."""
     def scores(x: torch.Tensor) -> torch.Tensor:
         p = logits_fn(x).float().softmax(1)
         if flip:
             p = (p + logits_fn(x.flip(-1)).float().softmax(1).flip(-1)) / 2
         return p
-    return scores
-
-
-@torch.no_grad()
-def predict_probabilities(logits_fn: Logits, images: torch.Tensor, window: int | None = None,
-                          stride: int | None = None, flip: bool = False) -> torch.Tensor:
-    """Softmax class scores (N, K, H, W) for float images (N, 3, H, W), by :func:`sliding_window` when the
-    image is larger than ``window``, with optional flip TTA (:func:`softmax_scores`)."""
-    return sliding_window(softmax_scores(logits_fn, flip), images, window, stride)
+    return sliding_window(scores, images, window, stride)
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
