@@ -154,3 +154,21 @@ def test_simplification_cuts_vertices_and_keeps_holes():
     assert len(simple[0].interiors) == 1
     assert simple[0].area == pytest.approx(raw[0].area, rel=0.01)
     assert raw[0].area == int((m == 0).sum())
+
+
+def test_simplification_keeps_outlines_that_plain_douglas_peucker_would_collapse():
+    import shapely
+
+    from tissueseg.slides.annotations import simplify_polygons
+
+    m = np.full((40, 40), 4, dtype=np.uint8)
+    m[5:8, 5:8] = 0  # a 3 × 3 region: plain Douglas–Peucker at tolerance 4 leaves nothing of it
+    yy, xx = np.mgrid[:40, :40]
+    m[(yy - 25) ** 2 + (xx - 25) ** 2 < 10 ** 2] = 0  # a disc: simplified, not collapsed
+    (_, raw), = class_geometries(m, [0])
+    assert shapely.is_empty(shapely.simplify(np.array(raw), 4.0, preserve_topology=False)).any()
+    simple = simplify_polygons(np.array(raw), 4.0)
+    assert shapely.is_valid(simple).all() and (shapely.area(simple) > 0).all()
+    (_, kept), = class_geometries(m, [0], tolerance=4.0)
+    assert len(kept) == 2 and min(p.area for p in kept) > 0  # the small square stays, as topology preservation keeps it
+    assert sum(len(p.exterior.coords) for p in kept) < sum(len(p.exterior.coords) for p in raw)
