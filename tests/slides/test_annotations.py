@@ -156,19 +156,17 @@ def test_simplification_cuts_vertices_and_keeps_holes():
     assert raw[0].area == int((m == 0).sum())
 
 
-def test_simplification_keeps_outlines_that_plain_douglas_peucker_would_collapse():
-    import shapely
+def test_geojson_geometry_orients_rings_and_rounds_coordinates():
+    from shapely.geometry import Polygon
 
-    from tissueseg.slides.annotations import simplify_polygons
+    from tissueseg.slides.annotations import geojson_geometry
 
-    m = np.full((40, 40), 4, dtype=np.uint8)
-    m[5:8, 5:8] = 0  # a 3 × 3 region: plain Douglas–Peucker at tolerance 4 leaves nothing of it
-    yy, xx = np.mgrid[:40, :40]
-    m[(yy - 25) ** 2 + (xx - 25) ** 2 < 10 ** 2] = 0  # a disc: simplified, not collapsed
-    (_, raw), = class_geometries(m, [0])
-    assert shapely.is_empty(shapely.simplify(np.array(raw), 4.0, preserve_topology=False)).any()
-    simple = simplify_polygons(np.array(raw), 4.0)
-    assert shapely.is_valid(simple).all() and (shapely.area(simple) > 0).all()
-    (_, kept), = class_geometries(m, [0], tolerance=4.0)
-    assert len(kept) == 2 and min(p.area for p in kept) > 0  # the small square stays, as topology preservation keeps it
-    assert sum(len(p.exterior.coords) for p in kept) < sum(len(p.exterior.coords) for p in raw)
+    clockwise = Polygon([(0, 0), (0, 10.26), (10, 10), (10, 0)], holes=[[(2, 2), (4, 2), (4, 4), (2, 4)]])
+    square = Polygon([(20, 0), (21, 0), (21, 1), (20, 1)])
+    g = geojson_geometry([clockwise, square], decimals=1)
+    (outer, hole), (second,) = g["coordinates"]
+    assert outer == [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.3], [0.0, 0.0]]  # CCW, closed, rounded
+    assert hole == [[2.0, 2.0], [2.0, 4.0], [4.0, 4.0], [4.0, 2.0], [2.0, 2.0]]  # CW
+    assert second[0] == second[-1] == [20.0, 0.0]
+    assert geojson_geometry([clockwise], decimals=0)["coordinates"][0][0][3] == [0, 10]
+    assert geojson_geometry([], decimals=1) == {"type": "MultiPolygon", "coordinates": []}
