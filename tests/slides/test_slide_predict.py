@@ -77,6 +77,19 @@ def test_polygon_tolerance_simplifies_the_geojson(slide, tmp_path):
     areas = [sum(_area(p) for f in json.loads((tmp_path / d / "classes.geojson").read_text())["features"]
                  for p in f["geometry"]["coordinates"]) for d in ("exact", "simple")]
     assert areas[1] == pytest.approx(areas[0], rel=0.02)
+    # 8 level-0 px of tolerance: traced on 4 × 4 px (half the tolerance); exact: on the pixel edges
+    assert simple["geojson"]["traced_at_downsample"] == 4 and exact["geojson"]["traced_at_downsample"] == 1
+
+
+def test_polygons_are_traced_as_coarse_as_half_the_tolerance_allows():
+    from tissueseg.slides.predict import trace_downsample
+
+    assert trace_downsample(3000, 2000, 4096, tolerance=4.0, scale=1.0) == 2  # traced px 2 ≤ 4 / 2
+    assert trace_downsample(3000, 2000, 4096, tolerance=3.9, scale=1.0) == 1
+    assert trace_downsample(3000, 2000, 4096, tolerance=16.0, scale=1.0) == 8
+    assert trace_downsample(3000, 2000, 4096, tolerance=0.0, scale=1.0) == 1  # exact pixel edges
+    assert trace_downsample(20000, 9000, 4096, tolerance=0.0, scale=1.0) == 8  # ≤ 4096 px a side
+    assert trace_downsample(20000, 9000, 4096, tolerance=4.0, scale=2.0) == 8  # the size decides
 
 
 def _area(poly):

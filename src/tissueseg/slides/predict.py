@@ -79,7 +79,9 @@ class PredictOptions:
     chunk_size: int = 1024  # blending/checkpoint unit (working px, rounded up to a multiple of the stride)
     mask_size: int = 2048  # longer side of the thumbnail tissue is detected on
     thumbnail_size: int = 1024  # longer side of thumbnail.png / overlay.png
-    polygon_max_size: int = 4096  # the GeoJSON is traced on the class map downsampled to at most this side
+    # the GeoJSON is traced on the class map downsampled to at most this side, and further while a traced pixel
+    # stays within half the polygon tolerance (:func:`trace_downsample`)
+    polygon_max_size: int = 4096
     min_polygon_pixels: int = 4  # smaller regions (in that downsampled map) are not exported
     polygon_tolerance: float | None = None  # µm the GeoJSON outlines may deviate by (level-0 px without an MPP);
     #                                         default: 2 µm and at least one pixel of the traced map; 0: exact
@@ -133,6 +135,23 @@ def polygon_tolerance(tolerance_um: float | None, slide_mpp: float | None, trace
     if tolerance_um is not None:
         return tolerance_um / slide_mpp if slide_mpp else tolerance_um
     return max(2.0 / slide_mpp if slide_mpp else 0.0, traced_pixel)
+
+
+def trace_downsample(width: int, height: int, max_size: int, tolerance: float, scale: float) -> int:
+    """Power-of-2 downsampling of the working class map that the GeoJSON polygons are traced on.
+
+    At most ``max_size`` px a side, and coarser while a traced pixel stays within half the
+    simplification ``tolerance`` (level-0 px; ``scale``: level-0 px per working px): finer pixel steps
+    would be simplified away, so the outlines stay within 1.5 × the tolerance of the class map's pixel
+    edges, traced on a map 4× or 16× smaller. A tolerance of 0 keeps the pixel edges (factor 1 below
+    ``max_size``).
+    """
+    factor = 1
+    while max(width, height) / factor > max_size:
+        factor *= 2
+    while tolerance > 0 and 2 * factor * scale <= tolerance / 2:
+        factor *= 2
+    return factor
 
 
 def model_fingerprint(predictor: torch.nn.Module) -> str:
@@ -438,9 +457,8 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
         counts = np.zeros(256, dtype=np.int64)
         for c in grid.chunks():
             counts += np.asarray(json.loads(_chunk_marker(work, c).read_text())["counts"], dtype=np.int64)
-        factor = 1
-        while max(grid.width, grid.height) / factor > options.polygon_max_size:
-            factor *= 2
+        factor = trace_downsample(grid.width, grid.height, options.polygon_max_size,
+                                  polygon_tolerance(options.polygon_tolerance, geom.slide_mpp, 0.0), s)
         small = downsampled_map(store, factor)
         tolerance = polygon_tolerance(options.polygon_tolerance, geom.slide_mpp, factor * s)
         geojson = write_geojson(out_dir / "classes.geojson",
