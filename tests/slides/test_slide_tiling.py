@@ -72,26 +72,38 @@ def test_smooth_function_of_position_is_reproduced_across_tile_and_chunk_borders
     assert np.abs(out - expected).max() < 1e-5
 
 
-def test_unnormalized_finish_gives_the_weighted_sums_and_the_reused_canvas_starts_clean(tmp_path):
-    """finish(normalize=False) = the blended mean × the weight; the canvas buffer is reused across chunks of
-    different sizes (edge chunks are smaller) without leftovers of the previous chunk."""
+@pytest.mark.parametrize("n_buffers", [1, 2])
+def test_unnormalized_finish_gives_the_weighted_sums_and_the_reused_canvas_starts_clean(tmp_path, n_buffers):
+    """finish(normalize=False) = the blended mean × the weight; the canvas buffers are reused across chunks of
+    different sizes (edge chunks are smaller) without leftovers of the previous chunk. With two buffers, a
+    chunk's sums stay intact while the next chunk blends."""
     grid = TileGrid.create(700, 500, 128, 48, chunk_target=256)
     window = blend_window(grid.tile, grid.overlap)
-    acc = BlendAccumulator(grid, 3, tmp_path, window)
+    acc = BlendAccumulator(grid, 3, tmp_path, window, buffers=n_buffers)
     expected, _ = blend_everything(grid, smooth, 3, tmp_path / "ref")
     buffers = set()
-    for c in grid.chunks():
-        own = np.array([t for t in grid.tiles() if grid.chunk_of(*t) == c], dtype=np.int64).reshape(-1, 2)
-        acc.begin(c, own)
-        buffers.add(acc._buffer.data_ptr())
-        for y, x in own:
-            acc.add(int(y), int(x), smooth(int(y), int(x), grid.tile) * window)
-        sums, w = acc.finish(normalize=False)
+    previous = None
+
+    def check(c, sums, w):
         y0, y1, x0, x1 = grid.chunk_bounds(c)
         assert sums.shape == (3, y1 - y0, x1 - x0) and (w > 0).all()
         np.testing.assert_allclose((sums / w).numpy(), expected[:, y0:y1, x0:x1], atol=1e-5)
-        acc.release(c)
-    assert len(buffers) == 1
+
+    for c in grid.chunks():
+        own = np.array([t for t in grid.tiles() if grid.chunk_of(*t) == c], dtype=np.int64).reshape(-1, 2)
+        acc.begin(c, own)
+        buffers.add(acc._canvas.untyped_storage().data_ptr())
+        for y, x in own:
+            acc.add(int(y), int(x), smooth(int(y), int(x), grid.tile) * window)
+        if previous is not None:  # the chunk before, finished before this one began
+            check(*previous)
+            acc.release(previous[0])
+        sums, w = acc.finish(normalize=False)
+        check(c, sums, w)
+        previous = (c, sums, w) if n_buffers == 2 else None
+        if n_buffers == 1:
+            acc.release(c)
+    assert len(buffers) == n_buffers
 
 
 def test_tile_relative_artefacts_leave_no_seams(tmp_path):

@@ -32,7 +32,8 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -385,24 +386,40 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
         model = inference_model(predictor, device, options.amp)
         window = blend_window(tile, overlap)
         window_t = torch.from_numpy(window).to(device)
-        acc = BlendAccumulator(grid, num_classes, work, window, device)
+        acc = BlendAccumulator(grid, num_classes, work, window, device, buffers=2)
         store = ChunkStore(work, grid.width, grid.height, grid.chunk)
+        # a finished chunk's class map is taken, saved and checkpointed on a thread of its own while the next
+        # chunk's tiles run through the network (the two canvas buffers take turns); one chunk at a time, in order
+        finisher = ThreadPoolExecutor(1, thread_name_prefix="chunk-finish")
+        finishing: deque[Future] = deque()
+        failed = threading.Event()
+
+        def save_chunk(c: tuple[int, int], sums: torch.Tensor, weight: torch.Tensor) -> None:
+            if failed.is_set():  # an earlier chunk failed: no later checkpoint may exist without it
+                return
+            try:
+                cmap = argmax_classes(sums).masked_fill_(weight <= 0, NO_TISSUE).cpu().numpy()
+                del sums, weight
+                if mask_glass:
+                    y0, y1, x0, x1 = grid.chunk_bounds(c)
+                    cmap[~tissue.pixel_mask(x0 * s, y0 * s, x1 - x0, y1 - y0, s)] = NO_TISSUE
+                counts = np.bincount(cmap.ravel(), minlength=256)
+                _save_npy(store.path(*c), cmap)
+                write_json(_chunk_marker(work, c), {"counts": counts.tolist()})
+                acc.release(c)
+                release_memory()
+                finished_rows.finish(c)
+                if on_chunk is not None:
+                    on_chunk(c)
+            except BaseException:
+                failed.set()
+                raise
 
         def finalize(c: tuple[int, int]) -> None:
-            sums, weight = acc.finish(normalize=False)  # argmax of the weighted sums = of their mean
-            cmap = argmax_classes(sums).masked_fill_(weight <= 0, NO_TISSUE).cpu().numpy()
-            del sums, weight
-            if mask_glass:
-                y0, y1, x0, x1 = grid.chunk_bounds(c)
-                cmap[~tissue.pixel_mask(x0 * s, y0 * s, x1 - x0, y1 - y0, s)] = NO_TISSUE
-            counts = np.bincount(cmap.ravel(), minlength=256)
-            _save_npy(store.path(*c), cmap)
-            write_json(_chunk_marker(work, c), {"counts": counts.tolist()})
-            acc.release(c)
-            release_memory()
-            finished_rows.finish(c)
-            if on_chunk is not None:
-                on_chunk(c)
+            sums, weight = acc.finish(normalize=False)  # spills written now; argmax of the sums = of their mean
+            finishing.append(finisher.submit(save_chunk, c, sums, weight))
+            while len(finishing) > 1:  # the chunk before has its buffer back before the next begin() takes it
+                finishing.popleft().result()
 
         palette = [tuple(int(v) for v in p) for p in meta.palette]
         names = list(meta.classes)
@@ -449,7 +466,11 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
             for c in chunk_iter:
                 acc.begin(c, own_tiles(c))
                 finalize(c)
+            while finishing:
+                finishing.popleft().result()
         finally:
+            failed.set()  # after an error: chunks still queued are not checkpointed
+            finisher.shutdown(wait=True, cancel_futures=True)
             finished_rows.stop()  # a writer still waiting then fails instead of hanging
         t_write = time.perf_counter()
 

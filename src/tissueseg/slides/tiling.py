@@ -132,13 +132,14 @@ class BlendAccumulator:
     weight sum, then ``release(chunk)`` once the caller has saved its result. Chunks must be handled
     in raster order; a rerun after a crash may repeat a chunk (its spills are rewritten identically).
     The canvas lives on ``device`` (the model's), so on a GPU only class maps and the thin spills
-    cross to the host. One canvas buffer (the largest chunk plus a tile's reach) is allocated once
-    and zeroed per chunk: allocating ~40 MB afresh per chunk cost more in page faults than the
-    blending itself.
+    cross to the host. ``buffers`` canvas buffers (the largest chunk plus a tile's reach) are allocated
+    once and zeroed per chunk, in turn: allocating ~40 MB afresh per chunk cost more in page faults than
+    the blending itself. With two, the views :meth:`finish` returns stay valid while the next chunk
+    blends (until the :meth:`begin` after it), so a caller can finish one chunk on another thread.
     """
 
     def __init__(self, grid: TileGrid, num_classes: int, work_dir: str | os.PathLike, window: np.ndarray,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", buffers: int = 1):
         self.grid = grid
         self.num_classes = num_classes
         self.work_dir = Path(work_dir)
@@ -147,7 +148,8 @@ class BlendAccumulator:
         self.window = torch.as_tensor(np.asarray(window, dtype=np.float32), device=self.device)
         self.chunk: Chunk | None = None
         self._canvas: torch.Tensor | None = None
-        self._buffer: torch.Tensor | None = None
+        self._buffers: list[torch.Tensor | None] = [None] * max(1, buffers)
+        self._turn = 0
 
     def _spill_path(self, target: Chunk, source: Chunk) -> Path:
         return self.work_dir / f"spill_{target[0]}_{target[1]}__{source[0]}_{source[1]}.npy"
@@ -166,11 +168,13 @@ class BlendAccumulator:
             ey = max(ey, min(int(tiles[:, 0].max()) + t, self.grid.height))
             ex = max(ex, min(int(tiles[:, 1].max()) + t, self.grid.width))
         self.chunk = chunk
-        if self._buffer is None:
+        self._turn = (self._turn + 1) % len(self._buffers)
+        if self._buffers[self._turn] is None:
             side = self.grid.chunk + t  # a chunk's canvas reaches at most one tile beyond it
-            self._buffer = torch.empty((self.num_classes + 1, min(side, self.grid.height), min(side, self.grid.width)),
-                                       dtype=torch.float32, device=self.device)
-        self._canvas = self._buffer[:, :ey - y0, :ex - x0]
+            self._buffers[self._turn] = torch.empty(
+                (self.num_classes + 1, min(side, self.grid.height), min(side, self.grid.width)),
+                dtype=torch.float32, device=self.device)
+        self._canvas = self._buffers[self._turn][:, :ey - y0, :ex - x0]
         self._canvas.zero_()
         for path in self._incoming(chunk):
             spill = torch.from_numpy(np.load(path)).to(self.device)
@@ -190,7 +194,8 @@ class BlendAccumulator:
 
         ``normalize=False`` returns the weighted sums instead of their mean (the same argmax wherever the
         weight is positive, without a division pass); they and the weights are then views of the canvas,
-        valid until the next :meth:`begin`."""
+        valid until its buffer's turn comes again (the next :meth:`begin`, or the one after it with two
+        buffers)."""
         y0, y1, x0, x1 = self.grid.chunk_bounds(self.chunk)
         ch, cw = y1 - y0, x1 - x0
         canvas = self._canvas
