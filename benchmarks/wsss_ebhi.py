@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from tissueseg.config import PLIM_LOSSES, PLIMSegConfig, WSSSConfig
+from tissueseg.config import PLIM_LOSSES, PLIMSegConfig, WSSSBackboneConfig, WSSSConfig
 from tissueseg.engine.run import RunContext
 from tissueseg.methods.mlps import run_mlps
 from tissueseg.methods.registry import results_table
@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--decoder-channels", type=int, default=256)
+    parser.add_argument("--output-stride", type=int, choices=[8, 16], default=WSSSBackboneConfig().output_stride,
+                        help="of the classifier and segmenters (default: the config's, 8; the run folder ends in _os<N>)")
     parser.add_argument("--methods", nargs="+", choices=["mlps", "plimseg"], default=["mlps", "plimseg"])
     parser.add_argument("--matcher", default="label_trained", choices=["label_trained", *VLM_KINDS])
     parser.add_argument("--matcher-weights", default=None, help="local CLIP weights for --matcher")
@@ -85,9 +87,10 @@ def main() -> None:
     data = write_weak_dataset(args.data, args.work / f"crops_{tag}", args.scale, args.crop, args.min_fraction,
                               args.seed, args.crops_per_image)
     config = WSSSConfig.model_validate({
-        "out_dir": str(args.work / f"run_{tag}_e{args.epochs}"), "seed": args.seed, "device": args.device,
+        "out_dir": str(args.work / f"run_{tag}_e{args.epochs}_os{args.output_stride}"), "seed": args.seed,
+        "device": args.device,
         "data": {"path": str(data), "format": "folder", "crop_size": args.crop, "background_detection": False},
-        "backbone": {"name": args.backbone, "pretrained": True, "output_stride": 16},
+        "backbone": {"name": args.backbone, "pretrained": True, "output_stride": args.output_stride},
         "classifier": {"epochs": args.epochs, "batch_size": args.batch_size},
         "segmenter": {"epochs": args.epochs, "batch_size": args.batch_size,
                       "decoder_channels": args.decoder_channels},

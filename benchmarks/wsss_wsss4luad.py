@@ -32,7 +32,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from tissueseg.config import WSSSConfig
+from tissueseg.config import WSSSBackboneConfig, WSSSConfig
 from tissueseg.engine.evaluate import meter_for, summarize_scores
 from tissueseg.engine.run import RunContext
 from tissueseg.methods.mlps import run_mlps
@@ -94,10 +94,10 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
     name = f"s{args.scale}_c{crop}_st{stride}_f{args.min_fraction}_seed{seed}"
     data = write_weak_dataset(args.data, args.work / f"crops_{name}", args.scale, crop, stride, args.min_fraction,
                               seed)
-    raw = {"out_dir": str(args.work / f"run_{name}_e{args.epochs}{args.tag}"), "seed": seed,
+    raw = {"out_dir": str(args.work / f"run_{name}_e{args.epochs}_os{args.output_stride}{args.tag}"), "seed": seed,
            "device": args.device,
            "data": {"path": str(data), "format": "folder", "crop_size": crop, "background_detection": False},
-           "backbone": {"name": "efficientnet_lite0", "pretrained": True, "output_stride": 16},
+           "backbone": {"name": "efficientnet_lite0", "pretrained": True, "output_stride": args.output_stride},
            "classifier": {"epochs": args.epochs, "batch_size": args.batch_size},
            "segmenter": {"epochs": args.epochs, "batch_size": args.batch_size,
                          "decoder_channels": args.decoder_channels}}
@@ -167,6 +167,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--decoder-channels", type=int, default=256)
+    parser.add_argument("--output-stride", type=int, choices=[8, 16], default=WSSSBackboneConfig().output_stride,
+                        help="of the classifier and segmenters (default: the config's, 8; the run folder ends in _os<N>)")
     parser.add_argument("--reference-steps", type=int, default=300)
     parser.add_argument("--rows", nargs="+", choices=["reference", "mlps", "plimseg"],
                         default=["reference", "mlps", "plimseg"])

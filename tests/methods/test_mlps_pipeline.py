@@ -116,3 +116,17 @@ def test_pseudo_masks_are_palette_pngs_with_label_classes_only(tiny_config):
         values = set(np.unique(np.asarray(mask)).tolist())
         allowed = {k for k, v in enumerate(labels) if v} | {4}
         assert values <= allowed
+
+
+def test_weak_stages_default_to_the_papers_output_stride_8_and_semi_keeps_16(tmp_path):
+    from tissueseg.config import SemiConfig
+    from tissueseg.methods.mlps import build_classifier, build_segmenter
+
+    data = {"path": str(tmp_path), "format": "folder"}
+    cfg = WSSSConfig.model_validate({"out_dir": str(tmp_path / "run"), "data": data,
+                                     "backbone": {"name": "efficientnet_lite0"}})
+    assert cfg.backbone.output_stride == 8
+    assert SemiConfig.model_validate({"out_dir": str(tmp_path / "semi"), "data": data}).backbone.output_stride == 16
+    x = torch.rand(1, 3, 64, 64)
+    assert build_classifier(cfg, 3).cam(x).shape[-1] == 8  # 64 / 8
+    assert build_segmenter(cfg, 3).encoder(x)[-1].shape[-1] == 8
