@@ -31,8 +31,8 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -340,7 +340,8 @@ def predict_slide(predictor: torch.nn.Module, path: str | os.PathLike, out_dir: 
     ``predictor`` is a :class:`tissueseg.models.bundle.TissuePredictor` (or any module with the same
     contract and a ``meta``) already on its device. Rerunning after an interruption resumes from
     the chunks in ``out_dir/.partial``. ``progress(done, total)`` is called with tile counts;
-    ``on_chunk(chunk)`` after every chunk is checkpointed.
+    ``on_chunk(chunk)`` after every chunk is checkpointed (on the chunk-finishing
+    thread, in chunk order; an exception it raises stops the prediction at the next chunk).
     """
     options = options or PredictOptions()
     path, out_dir = Path(path), Path(out_dir)
