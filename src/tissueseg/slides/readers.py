@@ -127,17 +127,30 @@ class SlideReader(ABC):
                                              box=(lx - ix, ly - iy, lx - ix + lw, ly - iy + lh))
         return np.asarray(img)
 
+    def stored_thumbnail(self) -> np.ndarray | None:
+        """The whole-slide thumbnail the file itself stores (RGB), or None; e.g. an Aperio SVS's ``thumbnail``."""
+        return None
+
     def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
         """A whole-slide image whose longer side is at most ``max_size``, and its downsample from level 0.
 
         Built block by block from the best pyramid level, so memory stays bounded even for a
-        single-level slide.
+        single-level slide. When no level is within 2× of the wanted downsample (a single-level slide
+        would be decoded whole), the file's own stored thumbnail is used instead if it shows the whole
+        slide (same aspect ratio within 1 %), resized down to ``max_size`` when larger.
         """
         width, height = self.dimensions
         downsample = max(1.0, max(width, height) / max_size)
         out_w, out_h = max(1, round(width / downsample)), max(1, round(height / downsample))
         sx, sy = width / out_w, height / out_h
         level = self.best_level_for_downsample(min(sx, sy))
+        if self.level_downsamples[level] * 2 < downsample and (stored := self.stored_thumbnail()) is not None:
+            sh, sw = stored.shape[:2]
+            if abs(sw / sh - width / height) <= 0.01 * width / height:
+                if max(sw, sh) > max_size:
+                    stored = np.asarray(Image.fromarray(stored).resize((out_w, out_h), Image.BILINEAR))
+                    sh, sw = stored.shape[:2]
+                return np.ascontiguousarray(stored), (width / sw + height / sh) / 2
         factor = max(sx, sy) / self.level_downsamples[level]
         block = int(max(16, min(1024, math.sqrt(_MAX_READ_PIXELS) / max(factor, 1.0))))
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
@@ -207,6 +220,10 @@ class OpenSlideReader(SlideReader):
         # Transparent regions (outside scanned areas, past the edge): composite on white.
         a = alpha.astype(np.uint16)
         return ((rgb.astype(np.uint16) * a + 255 * (255 - a)) // 255).astype(np.uint8)
+
+    def stored_thumbnail(self) -> np.ndarray | None:
+        image = self._slide.associated_images.get("thumbnail")
+        return None if image is None else np.asarray(image.convert("RGB"))
 
     def close(self) -> None:
         self._slide.close()
