@@ -34,6 +34,7 @@ from tissueseg.methods.registry import results_table
 from tissueseg.methods.plimseg import loss_ablations, run_plimseg, run_variant
 from tissueseg.models.vlm import VLM_KINDS
 from tissueseg.slides.tiles import CropOptions, tag_crops
+from wsss_wsss4luad import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,12 +82,14 @@ def main() -> None:
     parser.add_argument("--ablations", action="store_true", help="PLIMSeg with each matching loss switched off")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config overrides, e.g. segmenter.self_training_rounds=0 (the paper's single stage 2)")
     args = parser.parse_args()
 
     tag = f"s{args.scale}_c{args.crop}_f{args.min_fraction}_k{args.crops_per_image}_seed{args.seed}"
     data = write_weak_dataset(args.data, args.work / f"crops_{tag}", args.scale, args.crop, args.min_fraction,
                               args.seed, args.crops_per_image)
-    config = WSSSConfig.model_validate({
+    raw = {
         "out_dir": str(args.work / f"run_{tag}_e{args.epochs}_os{args.output_stride}"), "seed": args.seed,
         "device": args.device,
         "data": {"path": str(data), "format": "folder", "crop_size": args.crop, "background_detection": False},
@@ -94,7 +97,8 @@ def main() -> None:
         "classifier": {"epochs": args.epochs, "batch_size": args.batch_size},
         "segmenter": {"epochs": args.epochs, "batch_size": args.batch_size,
                       "decoder_channels": args.decoder_channels},
-    })
+    }
+    config = WSSSConfig.model_validate(apply_overrides(raw, args.set))
     console = Console(width=160)
     start = time.time()
     run = RunContext.open(config, console=console)
