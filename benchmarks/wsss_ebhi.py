@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
-                        help="config overrides, e.g. segmenter.self_training_rounds=0 (the paper's single stage 2)")
+                        help="config overrides, e.g. classifier.lr=0.001")
     args = parser.parse_args()
 
     tag = f"s{args.scale}_c{args.crop}_f{args.min_fraction}_k{args.crops_per_image}_seed{args.seed}"

@@ -82,9 +82,8 @@ def apply_overrides(raw: dict, items: list[str]) -> dict:
     return raw
 
 
-WEAK_ROWS = ("reference_cam", "cam", "mlps_paper", "mlps", "plimseg_cam_paper", "plimseg_cam")
-ROW_NAMES = {"reference_cam": "reference CAM", "cam": "CAM baseline", "mlps_paper": "MLPS, paper (one stage 2)",
-             "mlps": "MLPS", "plimseg_cam_paper": "PLIMSeg, paper (one stage 2)", "plimseg_cam": "PLIMSeg",
+WEAK_ROWS = ("reference_cam", "cam", "mlps", "plimseg_cam")
+ROW_NAMES = {"reference_cam": "reference CAM", "cam": "CAM baseline", "mlps": "MLPS", "plimseg_cam": "PLIMSeg",
              "supervised": "fully supervised"}
 
 

@@ -89,9 +89,6 @@ class SegmenterConfig(OptimConfig):
     decoder_channels: int = 256
     gate_threshold: float = 0.1
     flip_tta: bool = False
-    # beyond the paper: retrain stage 2 this many times on its own predictions of the training patches,
-    # restricted to each patch's tags (0: the paper's single stage 2)
-    self_training_rounds: int = Field(0, ge=0)
 
 
 class RunSettings(Section):

@@ -259,13 +259,11 @@ def plain_cam(model: PDAClassifier) -> CamFn:
     return cams
 
 
-def cams_to_masks(run: RunContext, cams: list[torch.Tensor], labels: torch.Tensor, images: torch.Tensor,
-                  normalize: bool = True) -> list[torch.Tensor]:
-    """Normalised CAMs (``normalize=False``: scores used as they are) → class maps in the dataset's mask
-    indices, white background added when on."""
+def cams_to_masks(run: RunContext, cams: list[torch.Tensor], labels: torch.Tensor, images: torch.Tensor
+                  ) -> list[torch.Tensor]:
+    """Normalised CAMs → class maps in the dataset's mask indices, white background added when on."""
     mode = run.config.pseudo_masks.normalization
-    return [finish_map(run, pseudo_mask(normalize_cams(c, labels, mode) if normalize else c, labels, None, None),
-                       images) for c in cams]
+    return [finish_map(run, pseudo_mask(normalize_cams(c, labels, mode), labels, None, None), images) for c in cams]
 
 
 def white_background_batch(run: RunContext, images: torch.Tensor) -> torch.Tensor:
@@ -276,12 +274,10 @@ def white_background_batch(run: RunContext, images: torch.Tensor) -> torch.Tenso
     return torch.from_numpy(masks).to(images.device)
 
 
-def make_pseudo_masks(run: RunContext, cam_fn: CamFn, folder: str, n_layers: int, normalize: bool = True) -> dict:
+def make_pseudo_masks(run: RunContext, cam_fn: CamFn, folder: str, n_layers: int) -> dict:
     """Write one palette PNG per training patch and layer to ``out/<folder>/layer<l>/``; score them.
 
-    ``cam_fn`` gives one score map per layer; ``normalize=False`` takes its argmax over the patch's tags as it is
-    (stage-2 softmax, for self-training). Patches whose PNGs all exist are read back instead of recomputed, so an
-    interrupted run resumes.
+    Patches whose PNGs all exist are read back instead of recomputed, so an interrupted run resumes.
     Returns per-layer mIoU against ground truth where training masks exist (JSON report alongside).
     """
     info = run.info
@@ -297,7 +293,7 @@ def make_pseudo_masks(run: RunContext, cam_fn: CamFn, folder: str, n_layers: int
             else:
                 images = images_to_tensor(samples, run.device)
                 labels = torch.from_numpy(np.stack([run.space.sample_labels(s) for s in samples])).to(run.device)
-                maps = [m.cpu().numpy() for m in cams_to_masks(run, cam_fn(images), labels, images, normalize)]
+                maps = [m.cpu().numpy() for m in cams_to_masks(run, cam_fn(images), labels, images)]
                 for l in range(n_layers):
                     for row, pm in zip(paths, maps[l]):
                         write_png(row[l], pm, palette=info.palette)
@@ -350,38 +346,6 @@ def train_segmenter(run: RunContext, masks: Callable[[int], list[np.ndarray]] | 
 
     trainer.fit(train_set, segmenter_step(weights), evaluate=evaluate, select="val_miou")
     return load_best(model, trainer.best_path, trainer.device)
-
-
-def segmenter_scores(run: RunContext, segmenter: nn.Module) -> CamFn:
-    """Stage-2 softmax on training patches (sliding window / flip TTA as at test time), as one score layer."""
-    s = run.config.segmenter
-
-    @torch.no_grad()
-    def scores(images: torch.Tensor) -> list[torch.Tensor]:
-        segmenter.eval()
-        with autocast(run.device, run.config.amp):
-            return [predict_probabilities(segmenter, images, window=run.config.data.crop_size, flip=s.flip_tta).float()]
-    return scores
-
-
-def self_training_name(name: str, rounds: int) -> str:
-    """Checkpoint name of the stage-2 model after ``rounds`` rounds of self-training (0: ``name`` itself)."""
-    return name if rounds == 0 else f"{name}_round{rounds}"
-
-
-def self_train(run: RunContext, segmenter: nn.Module, name: str, classifier: PDAClassifier) -> nn.Module:
-    """Beyond the paper: ``segmenter.self_training_rounds`` times, label the training patches with the stage-2
-    model's own predictions restricted to each patch's tags (so a class the pathologist did not tag never
-    appears), then train a fresh stage 2 on them (one mask, weight 1). Returns the last round's model.
-
-    On WSSS4LUAD these labels beat the best Grad-CAM layer on the training crops (BENCHMARKS.md, session 9).
-    """
-    for r in range(1, run.config.segmenter.self_training_rounds + 1):
-        folder = f"{self_training_name(name, r)}_masks"
-        make_pseudo_masks(run, segmenter_scores(run, segmenter), folder, 1, normalize=False)
-        segmenter = train_segmenter(run, pseudo_mask_reader(run, folder, 1), [1.0], self_training_name(name, r),
-                                    classifier)
-    return segmenter
 
 
 def segmenter_predictor(run: RunContext, segmenter: nn.Module, classifier: PDAClassifier | None) -> PredictFn:
@@ -467,17 +431,8 @@ def train_segmenter_stage(run: RunContext) -> DeepLabV3Plus:
     if not (run.out_dir / PSEUDO_FOLDER / "report.json").exists():
         raise FileNotFoundError(f"{run.out_dir / PSEUDO_FOLDER}: no pseudo masks in this run folder "
                                 f"(fix: run `tissueseg wsss pseudo-masks CONFIG.yaml` first)")
-    classifier = load_classifier(run)
-    segmenter = train_segmenter(run, pseudo_mask_reader(run, PSEUDO_FOLDER, n_layers),
-                                run.config.segmenter.layer_weights, "segmenter", classifier)
-    return self_train(run, segmenter, "segmenter", classifier)
-
-
-def load_segmenter(run: RunContext, name: str = "segmenter", rounds: int | None = None) -> DeepLabV3Plus:
-    """The stage-2 model ``name`` after ``rounds`` (default: the configured) rounds of self-training."""
-    rounds = run.config.segmenter.self_training_rounds if rounds is None else rounds
-    return load_stage(run, build_segmenter(run.config, run.space.num_classes), self_training_name(name, rounds),
-                      "train-seg")
+    return train_segmenter(run, pseudo_mask_reader(run, PSEUDO_FOLDER, n_layers), run.config.segmenter.layer_weights,
+                           "segmenter", load_classifier(run))
 
 
 def evaluate_stage(run: RunContext, n_overlays: int = 8) -> dict:
@@ -486,7 +441,7 @@ def evaluate_stage(run: RunContext, n_overlays: int = 8) -> dict:
     Also exports ``model.pt``, the self-contained model that ``tissueseg predict`` runs.
     """
     classifier = load_classifier(run)
-    segmenter = load_segmenter(run)
+    segmenter = load_stage(run, build_segmenter(run.config, run.space.num_classes), "segmenter", "train-seg")
     export_model(run, segmenter, classifier)
     return evaluate_split(segmenter_predictor(run, segmenter, classifier), run.dataset, run.splits["test"],
                           run.device, overlay_dir=run.out_dir / "overlays" / "mlps", n_overlays=n_overlays)
@@ -519,10 +474,6 @@ def run_mlps(run: RunContext, references: bool = True) -> dict:
     results["mlps_pseudo_masks"] = pseudo_masks_stage(run)
     train_segmenter_stage(run)
     results["mlps"] = {"test": evaluate_stage(run)}
-    if run.config.segmenter.self_training_rounds:
-        results["mlps_paper"] = {"test": evaluate_split(
-            segmenter_predictor(run, load_segmenter(run, rounds=0), load_classifier(run)), run.dataset,
-            run.splits["test"], run.device)}
     if references:
         results.update(reference_results(run))
     run.save_json(run.out_dir / "metrics.json", results)
@@ -549,7 +500,6 @@ METHOD = Method(
     "mlps", "wsss", run_mlps,
     stages=wsss_stages(train_stage, pseudo_masks_stage, train_segmenter_stage, evaluate_stage),
     rows=(ResultRow("cam", "CAM baseline", 10, pseudo_masks="CAM baseline"),
-          ResultRow("mlps_paper", "MLPS, the paper's single stage 2", 19),
           ResultRow("mlps", "MLPS (stage 2, gated)", 20, pseudo_masks="MLPS"),
           ResultRow("supervised", "fully supervised", 90, pseudo_masks="fully supervised")),
     evaluate_key=lambda run: "mlps")

@@ -364,20 +364,17 @@ def train_segmenter_stage(run: RunContext, variant: str | None = None) -> nn.Mod
         raise FileNotFoundError(f"{run.out_dir / folder}: no PLIMSeg pseudo masks in this run folder "
                                 f"(fix: run `tissueseg wsss pseudo-masks CONFIG.yaml` first)")
     weights = _stage2_layers(run, variant)
-    classifier = load_plim_classifier(run)
-    segmenter = mlps.train_segmenter(run, mlps.pseudo_mask_reader(run, folder, len(weights)), weights,
-                                     f"plimseg_{variant}_segmenter", classifier)
-    return mlps.self_train(run, segmenter, f"plimseg_{variant}_segmenter", classifier)
+    return mlps.train_segmenter(run, mlps.pseudo_mask_reader(run, folder, len(weights)), weights,
+                                f"plimseg_{variant}_segmenter", load_plim_classifier(run))
 
 
-def evaluate_stage(run: RunContext, variant: str | None = None, n_overlays: int = 8, rounds: int | None = None
-                   ) -> dict:
-    """Test-split scores of a trained PLIMSeg variant after ``rounds`` (default: the configured) rounds of
-    self-training; the configured variant and rounds are exported as ``model.pt``."""
+def evaluate_stage(run: RunContext, variant: str | None = None, n_overlays: int = 8) -> dict:
+    """Test-split scores of a trained PLIMSeg variant; the configured one is exported as ``model.pt``."""
     variant = variant or run.config.plimseg.stage2
     classifier = load_plim_classifier(run)
-    segmenter = mlps.load_segmenter(run, f"plimseg_{variant}_segmenter", rounds)
-    if variant == run.config.plimseg.stage2 and rounds is None:
+    segmenter = mlps.load_stage(run, mlps.build_segmenter(run.config, run.space.num_classes),
+                                f"plimseg_{variant}_segmenter", "train-seg")
+    if variant == run.config.plimseg.stage2:
         mlps.export_model(run, segmenter, classifier, method="plimseg")
     scores = evaluate_split(mlps.segmenter_predictor(run, segmenter, classifier), run.dataset, run.splits["test"],
                             run.device, overlay_dir=run.out_dir / "overlays" / f"plimseg_{variant}",
@@ -386,14 +383,10 @@ def evaluate_stage(run: RunContext, variant: str | None = None, n_overlays: int 
 
 
 def run_variant(run: RunContext, variant: str) -> dict:
-    """Pseudo masks, stage 2 and test scores of one variant (``cam`` or ``mlps``) of the trained classifier;
-    with self-training, also the paper's single stage 2 (``plimseg_<variant>_paper``)."""
+    """Pseudo masks, stage 2 and test scores of one variant (``cam`` or ``mlps``) of the trained classifier."""
     report = pseudo_masks_stage(run, variant)
     train_segmenter_stage(run, variant)
-    results = {f"plimseg_{variant}_pseudo_masks": report, f"plimseg_{variant}": {"test": evaluate_stage(run, variant)}}
-    if run.config.segmenter.self_training_rounds:
-        results[f"plimseg_{variant}_paper"] = {"test": evaluate_stage(run, variant, n_overlays=0, rounds=0)}
-    return results
+    return {f"plimseg_{variant}_pseudo_masks": report, f"plimseg_{variant}": {"test": evaluate_stage(run, variant)}}
 
 
 def run_plimseg(run: RunContext, references: bool = False) -> dict:
@@ -449,9 +442,7 @@ def loss_ablations(config: WSSSConfig, console=None, losses: Sequence[str] | Non
 METHOD = Method(
     "plimseg", "wsss", run_plimseg,
     stages=wsss_stages(train_stage, pseudo_masks_stage, train_segmenter_stage, evaluate_stage),
-    rows=(ResultRow("plimseg_cam_paper", "PLIMSeg, the paper's single stage 2", 29),
-          ResultRow("plimseg_cam", "PLIMSeg (stage 2, gated)", 30, pseudo_masks="PLIMSeg"),
-          ResultRow("plimseg_mlps_paper", "PLIMSeg + MLPS stage 2, single", 39),
+    rows=(ResultRow("plimseg_cam", "PLIMSeg (stage 2, gated)", 30, pseudo_masks="PLIMSeg"),
           ResultRow("plimseg_mlps", "PLIMSeg + MLPS stage 2 (gated)", 40, pseudo_masks="PLIMSeg Grad-CAM")),
     evaluate_key=lambda run: f"plimseg_{run.config.plimseg.stage2}",
     caption=lambda results: f"PLIMSeg matcher: {results['matcher']}" if "matcher" in results else None)
