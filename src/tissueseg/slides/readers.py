@@ -213,13 +213,12 @@ class OpenSlideReader(SlideReader):
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlideError(f"{self.path}: reading level {level} at {tuple(location)} failed ({exc}) "
                              f"(fix: the slide is probably truncated or corrupt; re-export it)") from exc
-        rgb = rgba[..., :3]
-        alpha = rgba[..., 3:4]
-        if alpha.min() == 255:
-            return np.ascontiguousarray(rgb)
-        # Transparent regions (outside scanned areas, past the edge): composite on white.
-        a = alpha.astype(np.uint16)
-        return ((rgb.astype(np.uint16) * a + 255 * (255 - a)) // 255).astype(np.uint8)
+        rgb = np.ascontiguousarray(rgba[..., :3])
+        clear = rgba[..., 3] < 255
+        if clear.any():  # transparent pixels (outside scanned areas, past the edge): composite on white
+            a = rgba[..., 3][clear].astype(np.uint16)[:, None]
+            rgb[clear] = ((rgb[clear].astype(np.uint16) * a + 255 * (255 - a)) // 255).astype(np.uint8)
+        return rgb
 
     def stored_thumbnail(self) -> np.ndarray | None:
         image = self._slide.associated_images.get("thumbnail")
