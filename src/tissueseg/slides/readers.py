@@ -213,10 +213,10 @@ class OpenSlideReader(SlideReader):
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlideError(f"{self.path}: reading level {level} at {tuple(location)} failed ({exc}) "
                              f"(fix: the slide is probably truncated or corrupt; re-export it)") from exc
-        rgb = np.ascontiguousarray(rgba[..., :3])
-        clear = rgba[..., 3] < 255
+        rgb, alpha = np.ascontiguousarray(rgba[..., :3]), rgba[..., 3]
+        clear = alpha < 255
         if clear.any():  # transparent pixels (outside scanned areas, past the edge): composite on white
-            a = rgba[..., 3][clear].astype(np.uint16)[:, None]
+            a = alpha[clear].astype(np.uint16)[:, None]
             rgb[clear] = ((rgb[clear].astype(np.uint16) * a + 255 * (255 - a)) // 255).astype(np.uint8)
         return rgb
 
