@@ -36,7 +36,7 @@ from tissueseg.config import WSSSBackboneConfig, WSSSConfig
 from tissueseg.engine.evaluate import meter_for, summarize_scores
 from tissueseg.engine.run import RunContext
 from tissueseg.methods.mlps import run_mlps
-from tissueseg.methods.plimseg import run_plimseg
+from tissueseg.methods.plimseg import run_plimseg, run_variant
 from tissueseg.methods.registry import results_table
 from tissueseg.slides.tiles import CropOptions, tag_crops
 
@@ -82,8 +82,9 @@ def apply_overrides(raw: dict, items: list[str]) -> dict:
     return raw
 
 
-WEAK_ROWS = ("reference_cam", "cam", "mlps", "plimseg_cam")
+WEAK_ROWS = ("reference_cam", "cam", "mlps", "plimseg_cam", "plimseg_mlps")
 ROW_NAMES = {"reference_cam": "reference CAM", "cam": "CAM baseline", "mlps": "MLPS", "plimseg_cam": "PLIMSeg",
+             "plimseg_mlps": "PLIMSeg + MLPS stage 2",
              "supervised": "fully supervised"}
 
 
@@ -110,9 +111,13 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
         results["reference_cam"] = reference_cam_row(run, args.reference_steps, seed)
     if "mlps" in args.rows:
         results.update(run_mlps(run, references=True))
-    if "plimseg" in args.rows:
+    if {"plimseg", "plimseg_mlps"} & set(args.rows):
         plim = config.model_copy(update={"method": "plimseg", "out_dir": Path(config.out_dir) / "plimseg"})
-        results.update(run_plimseg(RunContext.open(plim, console=console)))
+        plim_run = RunContext.open(plim, console=console)
+        if "plimseg" in args.rows:
+            results.update(run_plimseg(plim_run))
+        if "plimseg_mlps" in args.rows:  # multi-layer Grad-CAM of the PLIMSeg classifier, MLPS's stage 2
+            results.update(run_variant(plim_run, "mlps"))
     elapsed = time.time() - start
     console.print(results_table(results, "wsss", run.info.label_classes, title=f"WSSS4LUAD, seed {seed}"))
     full = results.get("supervised", {}).get("test", {}).get("miou")
@@ -170,8 +175,10 @@ def main() -> None:
     parser.add_argument("--output-stride", type=int, choices=[8, 16], default=WSSSBackboneConfig().output_stride,
                         help="of the classifier and segmenters (default: the config's, 8; the run folder ends in _os<N>)")
     parser.add_argument("--reference-steps", type=int, default=300)
-    parser.add_argument("--rows", nargs="+", choices=["reference", "mlps", "plimseg"],
-                        default=["reference", "mlps", "plimseg"])
+    parser.add_argument("--rows", nargs="+", choices=["reference", "mlps", "plimseg", "plimseg_mlps"],
+                        default=["reference", "mlps", "plimseg"],
+                        help="plimseg_mlps: the PLIMSeg classifier's multi-layer Grad-CAM with MLPS's stage 2 "
+                             "(after the plimseg row, or on its trained classifier)")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="config overrides for the project's rows, e.g. classifier.lr=0.001")
     parser.add_argument("--tag", default="", help="suffix of the run folder (for variants)")
