@@ -36,7 +36,7 @@ from tissueseg.config import WSSSBackboneConfig, WSSSConfig
 from tissueseg.engine.evaluate import meter_for, summarize_scores
 from tissueseg.engine.run import RunContext
 from tissueseg.methods.mlps import run_mlps
-from tissueseg.methods.plimseg import run_plimseg, run_variant
+from tissueseg.methods.plimseg import run_plimseg, run_variant, share_matcher
 from tissueseg.methods.registry import results_table
 from tissueseg.slides.tiles import CropOptions, tag_crops
 
@@ -82,9 +82,11 @@ def apply_overrides(raw: dict, items: list[str]) -> dict:
     return raw
 
 
-WEAK_ROWS = ("reference_cam", "cam", "mlps", "plimseg_cam", "plimseg_mlps")
+WEAK_ROWS = ("reference_cam", "cam", "mlps", "plimseg_cam", "plimseg_mlps", "plimseg_init_mlps_cam",
+             "plimseg_init_mlps_mlps")
 ROW_NAMES = {"reference_cam": "reference CAM", "cam": "CAM baseline", "mlps": "MLPS", "plimseg_cam": "PLIMSeg",
-             "plimseg_mlps": "PLIMSeg + MLPS stage 2",
+             "plimseg_mlps": "PLIMSeg + MLPS stage 2", "plimseg_init_mlps_cam": "PLIMSeg from MLPS stage 1",
+             "plimseg_init_mlps_mlps": "PLIMSeg from MLPS stage 1 + MLPS stage 2",
              "supervised": "fully supervised"}
 
 
@@ -118,6 +120,14 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
             results.update(run_plimseg(plim_run))
         if "plimseg_mlps" in args.rows:  # multi-layer Grad-CAM of the PLIMSeg classifier, MLPS's stage 2
             results.update(run_variant(plim_run, "mlps"))
+    if "plimseg_init_mlps" in args.rows:  # stage 1 fine-tuned from the MLPS classifier (CLIMS-style); both variants
+        out = Path(config.out_dir) / "plimseg_init_mlps"
+        share_matcher(Path(config.out_dir) / "plimseg", out)
+        plimseg = config.plimseg.model_copy(update={"init_classifier": run.out_dir / "checkpoints" / "classifier_best.pt"})
+        plim_run = RunContext.open(config.model_copy(update={"method": "plimseg", "out_dir": out, "plimseg": plimseg}),
+                                   console=console)
+        variants = {**run_plimseg(plim_run), **run_variant(plim_run, "mlps")}
+        results.update({k.replace("plimseg_", "plimseg_init_mlps_", 1): v for k, v in variants.items()})
     elapsed = time.time() - start
     console.print(results_table(results, "wsss", run.info.label_classes, title=f"WSSS4LUAD, seed {seed}"))
     full = results.get("supervised", {}).get("test", {}).get("miou")
@@ -175,10 +185,12 @@ def main() -> None:
     parser.add_argument("--output-stride", type=int, choices=[8, 16], default=WSSSBackboneConfig().output_stride,
                         help="of the classifier and segmenters (default: the config's, 8; the run folder ends in _os<N>)")
     parser.add_argument("--reference-steps", type=int, default=300)
-    parser.add_argument("--rows", nargs="+", choices=["reference", "mlps", "plimseg", "plimseg_mlps"],
+    parser.add_argument("--rows", nargs="+", choices=["reference", "mlps", "plimseg", "plimseg_mlps",
+                                                      "plimseg_init_mlps"],
                         default=["reference", "mlps", "plimseg"],
                         help="plimseg_mlps: the PLIMSeg classifier's multi-layer Grad-CAM with MLPS's stage 2 "
-                             "(after the plimseg row, or on its trained classifier)")
+                             "(after the plimseg row, or on its trained classifier); plimseg_init_mlps: PLIMSeg "
+                             "stage 1 fine-tuned from the MLPS classifier (after the mlps row), both variants")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="config overrides for the project's rows, e.g. classifier.lr=0.001")
     parser.add_argument("--tag", default="", help="suffix of the run folder (for variants)")

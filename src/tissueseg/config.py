@@ -145,6 +145,10 @@ class PLIMSegConfig(Section):
     classification_weight: float = 1.0  # ours: keeps the classifier (gate, Grad-CAM) trained alongside
     pda: bool = False  # PDA during PLIMSeg stage 1 (off: the matching losses do the spreading)
     stage2: Literal["cam", "mlps"] = "cam"  # pseudo masks: stage-1 CAM (one layer) or MLPS multi-layer Grad-CAM
+    # CLIMS trains its CAM network on from a trained one; ours, off by default: a stage-1 classifier checkpoint
+    # (e.g. an MLPS run's checkpoints/classifier_best.pt) to start from, fine-tuned at classifier.lr × init_lr_scale
+    init_classifier: Path | None = None
+    init_lr_scale: float = Field(default=0.1, gt=0)
 
 
 class WSSSConfig(RunSettings):

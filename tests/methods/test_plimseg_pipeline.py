@@ -126,3 +126,39 @@ def test_changed_prompts_or_losses_refuse_to_reuse_stale_checkpoints(tiny_config
     losses = {**config, "plimseg": {**config["plimseg"], "losses": ["otm"]}}
     with pytest.raises(ValueError, match=r"plim_classifier was trained with other settings \(losses changed\)"):
         run_plimseg(RunContext.open(WSSSConfig.model_validate(losses)))
+
+
+def test_stage1_starts_from_a_trained_classifier_at_the_scaled_learning_rate(tiny_config, tmp_path):
+    from tissueseg.methods import mlps
+
+    _, config = tiny_config
+    base = {**config, "method": "mlps", "out_dir": str(tmp_path / "mlps")}
+    mlps_run = RunContext.open(WSSSConfig.model_validate(base))
+    trained = mlps.train_classifier(mlps_run, pda=False)
+    init = mlps_run.out_dir / "checkpoints" / "classifier_best.pt"
+    fine = {**config, "out_dir": str(tmp_path / "fine"),
+            "plimseg": {**config["plimseg"], "init_classifier": str(init), "init_lr_scale": 1e-9}}
+    run = RunContext.open(WSSSConfig.model_validate(fine))
+    classifier = train_plim_classifier(run, build_matcher(run))
+    head = classifier.classifier.weight.detach().cpu()
+    # lr × 1e-9 barely moves it: it starts from the trained weights, not from a fresh head
+    assert torch.allclose(head, trained.classifier.weight.detach().cpu(), atol=1e-5)
+    fresh = RunContext.open(WSSSConfig.model_validate({**config, "out_dir": str(tmp_path / "fresh")}))
+    assert not torch.allclose(train_plim_classifier(fresh, build_matcher(fresh)).classifier.weight.detach().cpu(),
+                              head, atol=1e-3)
+    settings = json.loads((run.out_dir / "checkpoints" / "plim_classifier_settings.json").read_text())
+    assert settings["init_classifier"] == str(init) and settings["init_lr_scale"] == 1e-9
+
+
+def test_a_missing_or_foreign_start_checkpoint_names_the_file(tiny_config, tmp_path):
+    from tissueseg.methods import mlps
+
+    _, config = tiny_config
+    run = RunContext.open(WSSSConfig.model_validate({**config, "out_dir": str(tmp_path / "run")}))
+    model = mlps.build_classifier(run.config, run.space.num_classes)
+    with pytest.raises(FileNotFoundError, match="missing_best.pt.*train stage 1 first"):
+        mlps.load_classifier_weights(model, tmp_path / "missing_best.pt")
+    foreign = tmp_path / "foreign_best.pt"
+    torch.save({"model": {"weight": torch.zeros(2)}}, foreign)
+    with pytest.raises(ValueError, match="foreign_best.pt: not a stage-1 checkpoint"):
+        mlps.load_classifier_weights(model, foreign)

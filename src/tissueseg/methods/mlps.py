@@ -9,6 +9,8 @@ loop, data plumbing and evaluation are in :mod:`tissueseg.engine`.
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -193,17 +195,22 @@ def classifier_step(cam_losses: CamLossFn | None = None, classification_weight: 
 
 
 def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier",
-                     cam_losses: CamLossFn | None = None, classification_weight: float = 1.0) -> PDAClassifier:
+                     cam_losses: CamLossFn | None = None, classification_weight: float = 1.0,
+                     init: Path | None = None, lr_scale: float = 1.0) -> PDAClassifier:
     """Stage 1: multi-label classification, with PDA from epoch E0 (``pda=False``: plain CAM baseline).
 
     ``cam_losses(images, cam_logits, labels)`` adds weighted loss terms on the CAM head's output
     (PLIMSeg's language–image matching); the total is ``classification_weight``·L_cls + Σ terms.
+    ``init``: a trained classifier checkpoint of the same network to start from (instead of the
+    backbone's init), trained on at ``classifier.lr × lr_scale``.
     """
     cfg = run.config
     c = cfg.classifier
     model = build_classifier(cfg, run.space.num_classes)
-    trainer = Trainer(model, TrainConfig.of(cfg, c), run.out_dir, name=name, console=run.console,
-                      param_groups=model.parameter_groups(c.head_lr_mult))
+    if init is not None:
+        load_classifier_weights(model, Path(init))
+    trainer = Trainer(model, dataclasses.replace(TrainConfig.of(cfg, c), lr=c.lr * lr_scale), run.out_dir,
+                      name=name, console=run.console, param_groups=model.parameter_groups(c.head_lr_mult))
     train_set = classifier_samples(run)
     epoch_now = {"epoch": 0}
 
@@ -221,6 +228,19 @@ def train_classifier(run: RunContext, pda: bool = True, name: str = "classifier"
     trainer.fit(train_set, classifier_step(cam_losses, classification_weight), evaluate=evaluate, select=select,
                 on_epoch_start=set_gamma)
     return load_best(model, trainer.best_path, trainer.device)
+
+
+def load_classifier_weights(model: PDAClassifier, path: Path) -> None:
+    """Load a stage-1 checkpoint (``<run>/checkpoints/<name>_best.pt``) into ``model``; errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no classifier checkpoint to start from (fix: train stage 1 first, "
+                                f"e.g. `tissueseg wsss train-cls CONFIG.yaml`, or point to its *_best.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path}: not a stage-1 checkpoint of this classifier (backbone, output stride and "
+                         f"classes must match the run's) ({str(exc).splitlines()[0]})") from exc
 
 
 @torch.no_grad()

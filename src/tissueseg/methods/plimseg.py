@@ -311,14 +311,18 @@ def plim_cam_losses(run: RunContext, matcher: Matcher) -> mlps.CamLossFn:
 def train_plim_classifier(run: RunContext, matcher: Matcher) -> PDAClassifier:
     """PLIMSeg stage 1: classification loss + the weighted matching losses on the CAMs.
 
-    The losses run inside the engine's bf16 autocast on GPU, matcher included.
+    From the backbone's init, or (``plimseg.init_classifier``) from a trained stage-1 classifier at a
+    lower learning rate, as CLIMS trains its CAM network on from a trained one. The losses run inside
+    the engine's bf16 autocast on GPU, matcher included.
     """
     p = run.config.plimseg
+    start = {"init_classifier": str(p.init_classifier), "init_lr_scale": p.init_lr_scale} if p.init_classifier else {}
     check_settings(run, CLASSIFIER, {"matcher": matcher_settings(run), "matcher_name": matcher.name,
                                      "prompts": _prompts_digest(prompt_bank(run)), "losses": active_loss_weights(p),
-                                     "pda": p.pda, "classification_weight": p.classification_weight})
+                                     "pda": p.pda, "classification_weight": p.classification_weight, **start})
     return mlps.train_classifier(run, pda=p.pda, name=CLASSIFIER, cam_losses=plim_cam_losses(run, matcher),
-                                 classification_weight=p.classification_weight)
+                                 classification_weight=p.classification_weight, init=p.init_classifier,
+                                 lr_scale=p.init_lr_scale if p.init_classifier else 1.0)
 
 
 def train_stage(run: RunContext) -> PDAClassifier:
@@ -408,6 +412,17 @@ def run_plimseg(run: RunContext, references: bool = False) -> dict:
     return results
 
 
+def share_matcher(source: Path, out: Path) -> None:
+    """Copy the trained matcher of run folder ``source`` into run folder ``out`` (where it is missing), so a
+    variant run reuses it instead of training its own; its settings record still guards the resume."""
+    import shutil
+
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for name in ("matcher_best.pt", "matcher_last.pt", "matcher_text.pt", "matcher_settings.json"):
+        if (source / "checkpoints" / name).exists() and not (out / "checkpoints" / name).exists():
+            shutil.copy(source / "checkpoints" / name, out / "checkpoints" / name)
+
+
 def loss_ablations(config: WSSSConfig, console=None, losses: Sequence[str] | None = None) -> dict:
     """Stage 1 and one-layer CAM pseudo masks with each matching loss (default: every one in use)
     switched off in turn.
@@ -415,8 +430,6 @@ def loss_ablations(config: WSSSConfig, console=None, losses: Sequence[str] | Non
     Each ablation runs in ``<out_dir>/no_<loss>`` and reuses the matcher of the main run in
     ``out_dir`` (its checkpoints are copied, so it is not retrained); returns the pseudo-mask reports.
     """
-    import shutil
-
     base = Path(config.out_dir)
     unknown = set(losses or ()) - set(config.plimseg.losses)
     if unknown:
@@ -425,11 +438,7 @@ def loss_ablations(config: WSSSConfig, console=None, losses: Sequence[str] | Non
     results = {}
     for loss in losses or config.plimseg.losses:
         out = base / f"no_{loss}"
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        for name in ("matcher_best.pt", "matcher_last.pt", "matcher_text.pt", "matcher_settings.json"):
-            source = base / "checkpoints" / name
-            if source.exists() and not (out / "checkpoints" / name).exists():
-                shutil.copy(source, out / "checkpoints" / name)
+        share_matcher(base, out)
         kept = [x for x in config.plimseg.losses if x != loss]
         ablation = config.model_copy(update={"out_dir": out,
                                              "plimseg": config.plimseg.model_copy(update={"losses": kept})})
