@@ -82,11 +82,10 @@ def apply_overrides(raw: dict, items: list[str]) -> dict:
     return raw
 
 
-WEAK_ROWS = ("reference_cam", "cam", "mlps", "plimseg_cam", "plimseg_mlps", "plimseg_init_mlps_cam",
-             "plimseg_init_mlps_mlps")
+DEFAULT_ROWS = ("reference", "mlps", "plimseg")
+WEAK_ROWS = ("reference_cam", "cam", "mlps", "plimseg_cam", "plimseg_mlps", "plimseg_init_mlps_mlps")
 ROW_NAMES = {"reference_cam": "reference CAM", "cam": "CAM baseline", "mlps": "MLPS", "plimseg_cam": "PLIMSeg",
-             "plimseg_mlps": "PLIMSeg + MLPS stage 2", "plimseg_init_mlps_cam": "PLIMSeg from MLPS stage 1",
-             "plimseg_init_mlps_mlps": "PLIMSeg from MLPS stage 1 + MLPS stage 2",
+             "plimseg_mlps": "PLIMSeg + MLPS stage 2", "plimseg_init_mlps_mlps": "PLIMSeg from MLPS stage 1 + MLPS stage 2",
              "supervised": "fully supervised"}
 
 
@@ -120,14 +119,14 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
             results.update(run_plimseg(plim_run))
         if "plimseg_mlps" in args.rows:  # multi-layer Grad-CAM of the PLIMSeg classifier, MLPS's stage 2
             results.update(run_variant(plim_run, "mlps"))
-    if "plimseg_init_mlps" in args.rows:  # stage 1 fine-tuned from the MLPS classifier (CLIMS-style); both variants
+    if "plimseg_init_mlps" in args.rows:  # stage 1 fine-tuned from the MLPS classifier (CLIMS-style), MLPS stage 2
         out = Path(config.out_dir) / "plimseg_init_mlps"
         share_matcher(Path(config.out_dir) / "plimseg", out)
-        plimseg = config.plimseg.model_copy(update={"init_classifier": run.out_dir / "checkpoints" / "classifier_best.pt"})
+        plimseg = config.plimseg.model_copy(update={"stage2": "mlps",
+                                                    "init_classifier": run.out_dir / "checkpoints" / "classifier_best.pt"})
         plim_run = RunContext.open(config.model_copy(update={"method": "plimseg", "out_dir": out, "plimseg": plimseg}),
                                    console=console)
-        variants = {**run_plimseg(plim_run), **run_variant(plim_run, "mlps")}
-        results.update({k.replace("plimseg_", "plimseg_init_mlps_", 1): v for k, v in variants.items()})
+        results.update({k.replace("plimseg_", "plimseg_init_mlps_", 1): v for k, v in run_plimseg(plim_run).items()})
     elapsed = time.time() - start
     console.print(results_table(results, "wsss", run.info.label_classes, title=f"WSSS4LUAD, seed {seed}"))
     full = results.get("supervised", {}).get("test", {}).get("miou")
@@ -141,7 +140,8 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
                               f"tagged when >= {args.min_fraction:.0%} of the crop's tissue; split by image 60/20/20",
                "epochs": args.epochs, "device": device, "seconds": round(elapsed), "overrides": args.set,
                "results": results}
-    report = Path(config.out_dir) / "benchmark.json"
+    report = Path(config.out_dir) / ("benchmark.json" if sorted(args.rows) == sorted(DEFAULT_ROWS)
+                                     else f"benchmark_{'_'.join(args.rows)}.json")
     report.write_text(json.dumps(summary, indent=2, default=str))
     console.print(f"{device}, {elapsed / 60:.1f} min; details in {report}")
     return {"results": results, "info": run.info}
@@ -187,10 +187,11 @@ def main() -> None:
     parser.add_argument("--reference-steps", type=int, default=300)
     parser.add_argument("--rows", nargs="+", choices=["reference", "mlps", "plimseg", "plimseg_mlps",
                                                       "plimseg_init_mlps"],
-                        default=["reference", "mlps", "plimseg"],
+                        default=list(DEFAULT_ROWS),
                         help="plimseg_mlps: the PLIMSeg classifier's multi-layer Grad-CAM with MLPS's stage 2 "
                              "(after the plimseg row, or on its trained classifier); plimseg_init_mlps: PLIMSeg "
-                             "stage 1 fine-tuned from the MLPS classifier (after the mlps row), both variants")
+                             "stage 1 fine-tuned from the MLPS classifier (after the mlps row), then MLPS's "
+                             "stage 2; rows other than the default write benchmark_<rows>.json")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="config overrides for the project's rows, e.g. classifier.lr=0.001")
     parser.add_argument("--tag", default="", help="suffix of the run folder (for variants)")
