@@ -89,6 +89,21 @@ ROW_NAMES = {"reference_cam": "reference CAM", "cam": "CAM baseline", "mlps": "M
              "supervised": "fully supervised"}
 
 
+def plimseg_init_mlps_rows(config: WSSSConfig, console: Console, epochs: int | None = None) -> dict:
+    """PLIMSeg stage 1 fine-tuned from the run's MLPS classifier (``plimseg.init_classifier``, CLIMS-style;
+    ``epochs`` of it, default the classifier's), then MLPS's pseudo masks and stage 2, in ``<run>/plimseg_init_mlps``
+    with the matcher of ``<run>/plimseg``. Result keys ``plimseg_init_mlps_*``."""
+    base = Path(config.out_dir)
+    out = base / "plimseg_init_mlps"
+    share_matcher(base / "plimseg", out)
+    plimseg = config.plimseg.model_copy(update={"stage2": "mlps",
+                                                "init_classifier": base / "checkpoints" / "classifier_best.pt"})
+    classifier = config.classifier.model_copy(update={"epochs": epochs or config.classifier.epochs})
+    plim = config.model_copy(update={"method": "plimseg", "out_dir": out, "plimseg": plimseg, "classifier": classifier})
+    results = run_plimseg(RunContext.open(plim, console=console))
+    return {k.replace("plimseg_", "plimseg_init_mlps_", 1): v for k, v in results.items()}
+
+
 def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
     """Every requested row for one seeded split; writes ``benchmark.json`` in the run folder."""
     crop = args.crop or round(224 * args.scale)
@@ -119,14 +134,8 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
             results.update(run_plimseg(plim_run))
         if "plimseg_mlps" in args.rows:  # multi-layer Grad-CAM of the PLIMSeg classifier, MLPS's stage 2
             results.update(run_variant(plim_run, "mlps"))
-    if "plimseg_init_mlps" in args.rows:  # stage 1 fine-tuned from the MLPS classifier (CLIMS-style), MLPS stage 2
-        out = Path(config.out_dir) / "plimseg_init_mlps"
-        share_matcher(Path(config.out_dir) / "plimseg", out)
-        plimseg = config.plimseg.model_copy(update={"stage2": "mlps",
-                                                    "init_classifier": run.out_dir / "checkpoints" / "classifier_best.pt"})
-        plim_run = RunContext.open(config.model_copy(update={"method": "plimseg", "out_dir": out, "plimseg": plimseg}),
-                                   console=console)
-        results.update({k.replace("plimseg_", "plimseg_init_mlps_", 1): v for k, v in run_plimseg(plim_run).items()})
+    if "plimseg_init_mlps" in args.rows:
+        results.update(plimseg_init_mlps_rows(config, console, args.init_epochs))
     elapsed = time.time() - start
     console.print(results_table(results, "wsss", run.info.label_classes, title=f"WSSS4LUAD, seed {seed}"))
     full = results.get("supervised", {}).get("test", {}).get("miou")
@@ -194,6 +203,8 @@ def main() -> None:
                              "stage 2; rows other than the default write benchmark_<rows>.json")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="config overrides for the project's rows, e.g. classifier.lr=0.001")
+    parser.add_argument("--init-epochs", type=int, default=None,
+                        help="epochs of the plimseg_init_mlps fine-tune (default: --epochs)")
     parser.add_argument("--tag", default="", help="suffix of the run folder (for variants)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
