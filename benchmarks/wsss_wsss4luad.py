@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -83,10 +84,10 @@ def apply_overrides(raw: dict, items: list[str]) -> dict:
 
 
 DEFAULT_ROWS = ("reference", "mlps", "plimseg")
-WEAK_ROWS = ("reference_cam", "cam", "mlps", "plimseg_cam", "plimseg_mlps", "plimseg_init_mlps_mlps")
-ROW_NAMES = {"reference_cam": "reference CAM", "cam": "CAM baseline", "mlps": "MLPS", "plimseg_cam": "PLIMSeg",
-             "plimseg_mlps": "PLIMSeg + MLPS stage 2", "plimseg_init_mlps_mlps": "PLIMSeg from MLPS stage 1 + MLPS stage 2",
-             "supervised": "fully supervised"}
+WEAK_ROWS = ("reference_cam", "cam", "mlps", "mlps_no_pda", "plimseg_cam", "plimseg_mlps", "plimseg_init_mlps_mlps")
+ROW_NAMES = {"reference_cam": "reference CAM", "cam": "CAM baseline", "mlps": "MLPS", "mlps_no_pda": "MLPS, PDA off",
+             "plimseg_cam": "PLIMSeg", "plimseg_mlps": "PLIMSeg + MLPS stage 2",
+             "plimseg_init_mlps_mlps": "PLIMSeg from MLPS stage 1 + MLPS stage 2", "supervised": "fully supervised"}
 
 
 def plimseg_init_mlps_rows(config: WSSSConfig, console: Console, epochs: int | None = None) -> dict:
@@ -102,6 +103,23 @@ def plimseg_init_mlps_rows(config: WSSSConfig, console: Console, epochs: int | N
     plim = config.model_copy(update={"method": "plimseg", "out_dir": out, "plimseg": plimseg, "classifier": classifier})
     results = run_plimseg(RunContext.open(plim, console=console))
     return {k.replace("plimseg_", "plimseg_init_mlps_", 1): v for k, v in results.items()}
+
+
+def mlps_no_pda_rows(config: WSSSConfig, console: Console) -> dict:
+    """MLPS with ``classifier.pda: false``, in ``<run>/mlps_no_pda``: its stage 1 is the CAM baseline's classifier
+    (the same stage 1 with PDA off, same config and seed), copied in rather than trained again; then MLPS's
+    multi-layer Grad-CAM pseudo masks, stage 2 and gate. Result keys ``mlps_no_pda*``."""
+    base = Path(config.out_dir)
+    out = base / "mlps_no_pda"
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for kind in ("best", "last"):
+        target = out / "checkpoints" / f"classifier_{kind}.pt"
+        if not target.exists():
+            shutil.copy(base / "checkpoints" / f"cam_classifier_{kind}.pt", target)
+    classifier = config.classifier.model_copy(update={"pda": False})
+    results = run_mlps(RunContext.open(config.model_copy(update={"out_dir": out, "classifier": classifier}),
+                                       console=console), references=False)
+    return {k.replace("mlps", "mlps_no_pda", 1): v for k, v in results.items()}
 
 
 def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
@@ -127,6 +145,8 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict:
         results["reference_cam"] = reference_cam_row(run, args.reference_steps, seed)
     if "mlps" in args.rows:
         results.update(run_mlps(run, references=True))
+    if "mlps_no_pda" in args.rows:  # after the mlps row (its CAM baseline's classifier)
+        results.update(mlps_no_pda_rows(config, console))
     if {"plimseg", "plimseg_mlps"} & set(args.rows):
         plim = config.model_copy(update={"method": "plimseg", "out_dir": Path(config.out_dir) / "plimseg"})
         plim_run = RunContext.open(plim, console=console)
@@ -194,10 +214,11 @@ def main() -> None:
     parser.add_argument("--output-stride", type=int, choices=[8, 16], default=WSSSBackboneConfig().output_stride,
                         help="of the classifier and segmenters (default: the config's, 8; the run folder ends in _os<N>)")
     parser.add_argument("--reference-steps", type=int, default=300)
-    parser.add_argument("--rows", nargs="+", choices=["reference", "mlps", "plimseg", "plimseg_mlps",
+    parser.add_argument("--rows", nargs="+", choices=["reference", "mlps", "mlps_no_pda", "plimseg", "plimseg_mlps",
                                                       "plimseg_init_mlps"],
                         default=list(DEFAULT_ROWS),
-                        help="plimseg_mlps: the PLIMSeg classifier's multi-layer Grad-CAM with MLPS's stage 2 "
+                        help="mlps_no_pda: MLPS with PDA off (stage 1 = the CAM baseline's classifier); "
+                             "plimseg_mlps: the PLIMSeg classifier's multi-layer Grad-CAM with MLPS's stage 2 "
                              "(after the plimseg row, or on its trained classifier); plimseg_init_mlps: PLIMSeg "
                              "stage 1 fine-tuned from the MLPS classifier (after the mlps row), then MLPS's "
                              "stage 2; rows other than the default write benchmark_<rows>.json")
