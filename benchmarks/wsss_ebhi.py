@@ -34,7 +34,7 @@ from tissueseg.methods.registry import results_table
 from tissueseg.methods.plimseg import loss_ablations, run_plimseg, run_variant
 from tissueseg.models.vlm import VLM_KINDS
 from tissueseg.slides.tiles import CropOptions, tag_crops
-from wsss_wsss4luad import apply_overrides, plimseg_init_mlps_rows
+from wsss_wsss4luad import apply_overrides, mlps_no_pda_rows, plimseg_init_mlps_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,10 +76,11 @@ def main() -> None:
     parser.add_argument("--decoder-channels", type=int, default=256)
     parser.add_argument("--output-stride", type=int, choices=[8, 16], default=WSSSBackboneConfig().output_stride,
                         help="of the classifier and segmenters (default: the config's, 8; the run folder ends in _os<N>)")
-    parser.add_argument("--methods", nargs="+", choices=["mlps", "plimseg", "plimseg_init_mlps"],
+    parser.add_argument("--methods", nargs="+", choices=["mlps", "mlps_no_pda", "plimseg", "plimseg_init_mlps"],
                         default=["mlps", "plimseg"],
-                        help="plimseg_init_mlps: PLIMSeg stage 1 fine-tuned from the MLPS classifier, then MLPS's "
-                             "stage 2 (needs the mlps and plimseg rows' checkpoints in the run folder)")
+                        help="mlps_no_pda: MLPS with PDA off (stage 1 = the CAM baseline's classifier, after the "
+                             "mlps row); plimseg_init_mlps: PLIMSeg stage 1 fine-tuned from the MLPS classifier, then "
+                             "MLPS's stage 2 (needs the mlps and plimseg rows' checkpoints in the run folder)")
     parser.add_argument("--init-epochs", type=int, default=None,
                         help="epochs of the plimseg_init_mlps fine-tune (default: --epochs)")
     parser.add_argument("--matcher", default="label_trained", choices=["label_trained", *VLM_KINDS])
@@ -108,6 +109,8 @@ def main() -> None:
     start = time.time()
     run = RunContext.open(config, console=console)
     results = run_mlps(run, references=True) if "mlps" in args.methods else {}
+    if "mlps_no_pda" in args.methods:
+        results.update(mlps_no_pda_rows(config, console))
     if "plimseg" in args.methods:
         results.update(plimseg_rows(config, args, console))
     if "plimseg_init_mlps" in args.methods:
