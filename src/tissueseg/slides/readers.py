@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ SLIDE_SUFFIXES = OPENSLIDE_SUFFIXES + TIFF_SUFFIXES + IMAGE_SUFFIXES
 PLAUSIBLE_MPP = (0.02, 20.0)
 # Regions read in one go when building thumbnails are kept below this many pixels.
 _MAX_READ_PIXELS = 4096 * 4096
+THUMBNAIL_THREADS = 2  # thumbnail blocks read at once by readers with concurrent_reads
 
 
 class SlideError(ValueError):
@@ -74,6 +76,7 @@ class SlideReader(ABC):
     level_dimensions: list[tuple[int, int]]  # (width, height) per level, level 0 first
     level_downsamples: list[float]
     mpp: float | None  # microns per level-0 pixel when the file says so
+    concurrent_reads: bool = False  # read_region may run on several threads at once (one handle)
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -154,10 +157,18 @@ class SlideReader(ABC):
         factor = max(sx, sy) / self.level_downsamples[level]
         block = int(max(16, min(1024, math.sqrt(_MAX_READ_PIXELS) / max(factor, 1.0))))
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
-        for top in range(0, out_h, block):
-            for left in range(0, out_w, block):
-                bw, bh = min(block, out_w - left), min(block, out_h - top)
-                out[top:top + bh, left:left + bw] = self.read_scaled((left * sx, top * sy, bw * sx, bh * sy), (bw, bh))
+
+        def fill(top: int, left: int) -> None:
+            bw, bh = min(block, out_w - left), min(block, out_h - top)
+            out[top:top + bh, left:left + bw] = self.read_scaled((left * sx, top * sy, bw * sx, bh * sy), (bw, bh))
+
+        blocks = [(top, left) for top in range(0, out_h, block) for left in range(0, out_w, block)]
+        if self.concurrent_reads and len(blocks) > 1:  # decoding and resizing release the GIL
+            with ThreadPoolExecutor(THUMBNAIL_THREADS, thread_name_prefix="thumbnail") as pool:
+                list(pool.map(lambda b: fill(*b), blocks))
+        else:
+            for b in blocks:
+                fill(*b)
         return out, (sx + sy) / 2
 
     def describe(self) -> dict:
@@ -178,6 +189,8 @@ def _pad_white(data: np.ndarray, x: int, y: int, w: int, h: int, width: int, hei
 
 class OpenSlideReader(SlideReader):
     """Any format OpenSlide supports; MPP from ``openslide.mpp-x/y`` (or TIFF resolution tags)."""
+
+    concurrent_reads = True  # the OpenSlide library is thread-safe on one handle
 
     def __init__(self, path: Path):
         import openslide
