@@ -9,7 +9,8 @@ its tissue (background, mask index 3, is not a class and not scored; it becomes 
 tags; validation / test images are scored whole with their masks (mIoU over the three classes).
 Rows: the plain reference CAM (``benchmarks/reference_cam.py``, timm ResNet-18, random init, Adam),
 the CAM baseline, MLPS, PLIMSeg (label-trained matcher) and the fully supervised stage 2 on the
-ground-truth masks of the same crops.
+ground-truth masks of the same crops; on request (``--rows``) MLPS with PDA off, PLIMSeg's MLPS-stage-2
+variant and PLIMSeg started from the MLPS classifier.
 
     python benchmarks/wsss_wsss4luad.py --scale 0.5 --epochs 12 --decoder-channels 64 --seeds 0 1 2  # CPU, 2 cores
 

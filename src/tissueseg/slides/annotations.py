@@ -347,7 +347,8 @@ class AnnotationIndex:
 
 # --- class map → polygons ----------------------------------------------------------------------------
 
-SIMPLIFY_THREADS = 2
+SIMPLIFY_THREADS = 2  # classes simplified at once (shapely releases the GIL)
+
 
 def class_geometries(class_map: np.ndarray, classes: Iterable[int], scale: float = 1.0, min_pixels: int = 0,
                      tolerance: float = 0.0) -> Iterator[tuple[int, list]]:
@@ -391,9 +392,9 @@ def class_geometries(class_map: np.ndarray, classes: Iterable[int], scale: float
             polys = polys[(shapely.get_type_id(polys) == 3) & (shapely.area(polys) > 0)]  # 3: Polygon
         return polys
 
-    # shapely releases the GIL, so two classes simplify at once (half the time on 2 cores)
+    # with a tolerance, classes simplify on threads (half the time on 2 cores); without one the pool starts none
     with ThreadPoolExecutor(SIMPLIFY_THREADS, thread_name_prefix="simplify") as pool:
-        for k, polys in zip(classes, pool.map(simplified, classes)):
+        for k, polys in zip(classes, (pool.map if tolerance > 0 else map)(simplified, classes)):
             if len(polys):
                 yield k, list(shapely.orient_polygons(polys, exterior_cw=False))
 
